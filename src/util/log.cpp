@@ -1,0 +1,58 @@
+// Implements: util/log.h.
+#include "util/log.h"
+
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "util/torch_compat.h"
+
+namespace t2i {
+
+static void vlog(const char* level, const char* fmt, va_list ap) {
+    std::fprintf(stderr, "[t2i %s] ", level);
+    std::vfprintf(stderr, fmt, ap);
+    std::fputc('\n', stderr);
+}
+
+void log_info(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog("info", fmt, ap);
+    va_end(ap);
+}
+
+void log_warn(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog("warn", fmt, ap);
+    va_end(ap);
+}
+
+void log_error(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog("error", fmt, ap);
+    va_end(ap);
+}
+
+std::string strformat(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    va_end(ap);
+    std::vector<char> buf(static_cast<size_t>(n) + 1);
+    std::vsnprintf(buf.data(), buf.size(), fmt, ap2);
+    va_end(ap2);
+    return std::string(buf.data(), static_cast<size_t>(n));
+}
+
+void set_num_threads(int n) {
+    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+    if (n <= 0) n = 1;
+    torch::set_num_threads(n);
+}
+
+}  // namespace t2i

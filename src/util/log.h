@@ -1,0 +1,16 @@
+// Implements: log_info / log_warn / log_error, one printf-style format for every message on stderr.
+#pragma once
+
+#include <cstdarg>
+#include <string>
+
+namespace t2i {
+
+void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// printf into a std::string; used to build error messages.
+std::string strformat(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+}  // namespace t2i
