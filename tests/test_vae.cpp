@@ -66,3 +66,24 @@ TEST(Vae, StableDiffusionVaeParameterCount) {
 
 }  // namespace
 }  // namespace t2i
+
+namespace t2i {
+namespace {
+
+TEST(Vae, MidBlockWithoutAttentionKeepsBothResnets) {
+    // diffusers' UNetMidBlock2D(add_attention=False) still has resnets.0 and resnets.1.
+    auto json = io::read_json(testing::fixture("tiny-sd1/vae/config.json")).json();
+    json["mid_block_add_attention"] = false;
+    models::AutoencoderKL vae(
+        models::AutoencoderKLConfig::from_json(io::JsonConfig(json, "inline")));
+    const auto keys = models::state_dict(*vae);
+    EXPECT_TRUE(keys.count("encoder.mid_block.resnets.1.conv1.weight"));
+    EXPECT_TRUE(keys.count("decoder.mid_block.resnets.1.conv1.weight"));
+    for (const auto& [k, _] : keys) EXPECT_EQ(k.find("attentions"), std::string::npos) << k;
+    torch::NoGradGuard no_grad;
+    EXPECT_EQ(vae->decode(torch::randn({1, 4, 8, 8})).sizes(),
+              (std::vector<int64_t>{1, 3, 16, 16}));
+}
+
+}  // namespace
+}  // namespace t2i

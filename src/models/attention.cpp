@@ -19,7 +19,7 @@ torch::Tensor attention_scores_apply(const torch::Tensor& q, const torch::Tensor
                                      bool upcast_softmax) {
 #if T2I_HAS_SDPA
     if (g_backend.load() == AttentionBackend::kFused && !upcast_attention)
-        return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+        return at::scaled_dot_product_attention(q, k, v);  // default scale == 1/sqrt(d) == scale
 #endif
     // AttnProcessor: scores = baddbmm(empty, q, k^T, beta=0, alpha=scale); softmax; @ v.
     const auto dtype = q.scalar_type();

@@ -50,9 +50,7 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& c) 
         throw std::runtime_error("config '" + c.path() +
                                  "': block_out_channels, down_block_types "
                                  "and up_block_types must have the same length");
-    cfg.only_cross_attention = per_block<bool>(c, "only_cross_attention", n, false);
-    cfg.mid_block_only_cross_attention =
-        c.get<bool>("mid_block_only_cross_attention", cfg.only_cross_attention[0]);
+    cfg.only_cross_attention         = per_block<bool>(c, "only_cross_attention", n, false);
     cfg.layers_per_block             = per_block<int64_t>(c, "layers_per_block", n, 2);
     cfg.downsample_padding           = c.get<int64_t>("downsample_padding", 1);
     cfg.mid_block_scale_factor       = c.get<double>("mid_block_scale_factor", 1.0);
@@ -119,6 +117,9 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
     time_embedding =
         register_module("time_embedding", TimestepEmbedding(ch[0], time_embed_dim, act));
 
+    // resnet_skip_time_act / resnet_out_scale_factor only reach the ResnetDownsample and
+    // SimpleCrossAttn blocks in diffusers; the blocks SD uses keep their defaults. The mid block
+    // always has self-attention (mid_block_only_cross_attention only affects SimpleCrossAttn).
     auto base = [&](size_t i, bool cross) {
         BlockOptions b{};
         b.temb_channels                = time_embed_dim;
@@ -126,8 +127,6 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
         b.resnet_act_fn                = act;
         b.resnet_groups                = cfg.norm_num_groups;
         b.resnet_time_scale_shift      = cfg.resnet_time_scale_shift;
-        b.resnet_skip_time_act         = cfg.resnet_skip_time_act;
-        b.output_scale_factor          = cfg.resnet_out_scale_factor;
         b.dropout                      = cfg.dropout;
         b.downsample_padding           = cfg.downsample_padding;
         b.has_cross_attention          = cross;
@@ -156,7 +155,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
         b.num_layers   = 1;
         b.in_channels = b.out_channels = ch[n - 1];
         b.output_scale_factor          = cfg.mid_block_scale_factor;
-        b.only_cross_attention         = cfg.mid_block_only_cross_attention;
+        b.only_cross_attention         = false;
         mid_block                      = register_module("mid_block", MidBlock(b));
     }
     // 4. up: per-block lists reversed, as in diffusers.

@@ -28,7 +28,6 @@ struct UNet2DConditionConfig {
     std::vector<std::string> up_block_types   = {"UpBlock2D", "CrossAttnUpBlock2D",
                                                  "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"};
     std::vector<bool> only_cross_attention;  // per down block
-    bool mid_block_only_cross_attention     = false;
     std::vector<int64_t> block_out_channels = {320, 640, 1280, 1280};
     std::vector<int64_t> layers_per_block;  // per down block (2)
     int64_t downsample_padding    = 1;

@@ -21,8 +21,7 @@ ResnetBlock2D make_resnet(const BlockOptions& o, int64_t in_channels, int64_t ou
 // The Transformer2DModel of cross-attention blocks: heads = num_attention_heads, head dim =
 // channels / heads (diffusers' attention_head_dim naming quirk is resolved in unet.cpp).
 Transformer2DModel make_transformer(const BlockOptions& o, int64_t channels) {
-    TORCH_CHECK(channels % o.num_attention_heads == 0, "block with ", channels,
-                " channels cannot be split into ", o.num_attention_heads, " attention heads");
+    // diffusers floors channels / heads; the projections handle inner != channels.
     Transformer2DModelOptions t{o.num_attention_heads, channels / o.num_attention_heads, channels};
     t.num_layers            = o.transformer_layers_per_block;
     t.dropout               = o.dropout;
@@ -84,10 +83,11 @@ MidBlockImpl::MidBlockImpl(const BlockOptions& o) : has_cross_attention(o.has_cr
     resnets    = register_module("resnets", torch::nn::ModuleList());
     attentions = register_module("attentions", torch::nn::ModuleList());
     resnets->push_back(make_resnet(o, o.in_channels, o.in_channels));
+    // Without attention (VAE mid_block_add_attention false) diffusers still adds the resnets.
     for (int64_t i = 0; i < o.num_layers; ++i) {
         if (o.has_cross_attention)
             attentions->push_back(make_transformer(o, o.in_channels));
-        else
+        else if (o.add_attention)
             attentions->push_back(make_vae_attention(o, o.in_channels));
         resnets->push_back(make_resnet(o, o.in_channels, o.in_channels));
     }
@@ -96,12 +96,14 @@ MidBlockImpl::MidBlockImpl(const BlockOptions& o) : has_cross_attention(o.has_cr
 torch::Tensor MidBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& temb,
                                     const torch::Tensor& context) {
     auto h = resnets[0]->as<ResnetBlock2D>()->forward(x, temb);
-    for (size_t i = 0; i < attentions->size(); ++i) {
-        if (has_cross_attention)
-            h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
-        else
-            h = attentions[i]->as<Attention>()->forward(h);
-        h = resnets[i + 1]->as<ResnetBlock2D>()->forward(h, temb);
+    for (size_t i = 1; i < resnets->size(); ++i) {
+        if (i - 1 < attentions->size()) {
+            if (has_cross_attention)
+                h = attentions[i - 1]->as<Transformer2DModel>()->forward(h, context);
+            else
+                h = attentions[i - 1]->as<Attention>()->forward(h);
+        }
+        h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
     }
     return h;
 }

@@ -41,6 +41,7 @@ struct BlockOptions {
     bool upcast_attention                = false;
     // VAE mid block
     int64_t attention_head_dim = 0;
+    bool add_attention         = true;  // mid_block_add_attention (VAE)
 };
 
 // DownBlock2D / CrossAttnDownBlock2D (has_cross_attention) / DownEncoderBlock2D (temb 0).

@@ -17,8 +17,9 @@ BlockOptions vae_block(const AutoencoderKLConfig& c, Activation act) {
 }
 
 MidBlock vae_mid_block(const AutoencoderKLConfig& c, Activation act) {
-    BlockOptions b = vae_block(c, act);
-    b.num_layers   = c.mid_block_add_attention ? 1 : 0;
+    BlockOptions b  = vae_block(c, act);
+    b.num_layers    = 1;
+    b.add_attention = c.mid_block_add_attention;
     b.in_channels = b.out_channels = c.block_out_channels.back();
     b.attention_head_dim           = c.block_out_channels.back();
     return MidBlock(b);
@@ -42,8 +43,11 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& c) {
     cfg.act_fn             = c.get<std::string>("act_fn", "silu");
     cfg.latent_channels    = c.get<int64_t>("latent_channels", 4);
     cfg.norm_num_groups    = c.get<int64_t>("norm_num_groups", 32);
-    cfg.sample_size        = c.get<int64_t>("sample_size", 32);
-    cfg.scaling_factor     = c.get<double>("scaling_factor", 0.18215);
+    // 0.27 also accepts a list here; the first entry is what pipelines read.
+    cfg.sample_size    = c.has("sample_size") && c.json().at("sample_size").is_array()
+                             ? c.get<std::vector<int64_t>>("sample_size").at(0)
+                             : c.get<int64_t>("sample_size", 32);
+    cfg.scaling_factor = c.get<double>("scaling_factor", 0.18215);
     if (c.has("shift_factor")) cfg.shift_factor = c.get<double>("shift_factor");
     cfg.force_upcast            = c.get<bool>("force_upcast", true);
     cfg.use_quant_conv          = c.get<bool>("use_quant_conv", true);
@@ -91,7 +95,8 @@ torch::Tensor EncoderImpl::forward(const torch::Tensor& x) {
     auto h = conv_in(x);  // [N, C0, H, W]
     for (const auto& block : *down_blocks) h = block->as<DownBlock>()->forward(h, {}, {}, nullptr);
     h = mid_block->forward(h, torch::Tensor(), torch::Tensor());  // [N, Clast, H/f, W/f]
-    return conv_out(apply_activation(act, conv_norm_out(h)));     // [N, 2Z, H/f, W/f]
+    return conv_out(
+        torch::silu(conv_norm_out(h)));  // conv_act is always nn.SiLU()     // [N, 2Z, H/f, W/f]
 }
 
 DecoderImpl::DecoderImpl(const AutoencoderKLConfig& c)
@@ -119,7 +124,8 @@ torch::Tensor DecoderImpl::forward(const torch::Tensor& z) {
     auto h = conv_in(z);  // [N, Clast, h, w]
     h      = mid_block->forward(h, torch::Tensor(), torch::Tensor());
     for (const auto& block : *up_blocks) h = block->as<UpDecoderBlock>()->forward(h);
-    return conv_out(apply_activation(act, conv_norm_out(h)));  // [N, 3, h f, w f]
+    return conv_out(
+        torch::silu(conv_norm_out(h)));  // conv_act is always nn.SiLU()  // [N, 3, h f, w f]
 }
 
 DiagonalGaussianDistribution::DiagonalGaussianDistribution(const torch::Tensor& moments) {
