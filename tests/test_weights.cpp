@@ -246,6 +246,20 @@ TEST(FindWeightFiles, VariantOnlyFolderHintsAtVariant) {
     EXPECT_TRUE(same_tensors(models::state_dict(*vae), fixture_vae_tensors()));
 }
 
+TEST(FindWeightFiles, VariantFallsBackToPlainWeightsPerComponent) {
+    // diffusers applies --variant per component: a folder without variant files loads the plain
+    // weights; one with neither is still an error.
+    TempDir dir;
+    const auto folder = make_component(dir, "vae", "tiny-sd1/vae", fixture_vae_tensors(),
+                                       "diffusion_pytorch_model.safetensors");
+    EXPECT_EQ(pipeline::find_weight_files(folder, "diffusion_pytorch_model", "fp16"),
+              std::vector<std::string>{folder + "/diffusion_pytorch_model.safetensors"});
+    const auto empty = make_component(dir, "empty", "tiny-sd1/vae", {}, "");
+    EXPECT_TRUE(
+        throws_with([&] { pipeline::find_weight_files(empty, "diffusion_pytorch_model", "fp16"); },
+                    {empty, "diffusion_pytorch_model.fp16.safetensors"}));
+}
+
 TEST(FindWeightFiles, BinOnlyFolderExplainsSafetensors) {
     TempDir dir;
     const auto folder = make_component(dir, "vae", "tiny-sd1/vae", {}, "");

@@ -1,0 +1,52 @@
+// Implements: the flag machinery every command uses: a table of flags (name, target, help) that
+// drives parsing, --help and error messages. `--flag value` and `--flag=value`; `--` ends flags.
+// A bad flag or value throws UsageError, which main turns into exit code 2.
+#pragma once
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace t2i::cli {
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+class ArgParser {
+  public:
+    ArgParser(std::string usage, std::string description);
+
+    void add_flag(const std::string& name, bool* target, const std::string& help);
+    void add_option(const std::string& name, std::string* target, const std::string& metavar,
+                    const std::string& help);
+    void add_option(const std::string& name, int* target, const std::string& metavar,
+                    const std::string& help);
+    // A string option whose value must be one of `choices`.
+    void add_choice(const std::string& name, std::string* target,
+                    const std::vector<std::string>& choices, const std::string& help);
+    // Remaining non-flag arguments, in order.
+    void add_positionals(std::vector<std::string>* target, const std::string& metavar,
+                         const std::string& help, size_t min_count);
+
+    // Returns false when --help was printed (the command should exit 0).
+    bool parse(const std::vector<std::string>& args);
+    std::string help() const;
+
+  private:
+    struct Spec {
+        std::string name, metavar, help, default_text;
+        bool takes_value;
+        std::function<void(const std::string& value)> set;
+    };
+    const Spec* find(const std::string& name) const;
+
+    std::string usage_, description_;
+    std::vector<Spec> specs_;
+    std::vector<std::string>* positionals_ = nullptr;
+    std::string positional_metavar_, positional_help_;
+    size_t positional_min_ = 0;
+};
+
+}  // namespace t2i::cli

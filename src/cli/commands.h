@@ -1,0 +1,13 @@
+// Implements: the list of `t2i` subcommands. Each takes its arguments after the command name and
+// returns the process exit code; library errors propagate as exceptions to main.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace t2i::cli {
+
+int inspect_command(const std::vector<std::string>& args);
+int tokenize_command(const std::vector<std::string>& args);
+
+}  // namespace t2i::cli

@@ -1,0 +1,57 @@
+// Implements: `t2i <command> [flags]`: dispatch only. The one place that catches exceptions:
+// usage errors exit 2, every other error exits 1, each with a one-line message on stderr.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+
+namespace {
+
+struct Command {
+    const char* name;
+    int (*run)(const std::vector<std::string>&);
+    const char* help;
+};
+
+const Command kCommands[] = {
+    {"inspect", t2i::cli::inspect_command,
+     "Summarize a model folder in diffusers layout (components, configs, parameters, dtypes)."},
+    {"tokenize", t2i::cli::tokenize_command,
+     "Print the CLIP token ids of prompts as JSON lines, exactly as transformers computes them."},
+};
+
+void print_usage(std::FILE* out) {
+    std::fprintf(
+        out, "usage: t2i <command> [flags]   (t2i <command> --help for its flags)\n\ncommands:\n");
+    for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+        print_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string name = argv[1];
+    const std::vector<std::string> args(argv + 2, argv + argc);
+    for (const auto& c : kCommands) {
+        if (name != c.name) continue;
+        try {
+            return c.run(args);
+        } catch (const t2i::cli::UsageError& e) {
+            std::fprintf(stderr, "t2i %s: error: %s\n", c.name, e.what());
+            return 2;
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "t2i %s: error: %s\n", c.name, e.what());
+            return 1;
+        }
+    }
+    std::fprintf(stderr, "t2i: unknown command '%s'\n", name.c_str());
+    print_usage(stderr);
+    return 2;
+}

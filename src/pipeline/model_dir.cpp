@@ -1,0 +1,160 @@
+// Implements: pipeline/model_dir.h.
+#include "pipeline/model_dir.h"
+
+#include <filesystem>
+#include <set>
+#include <stdexcept>
+
+#include "io/file_util.h"
+#include "models/weights.h"
+#include "util/log.h"
+
+namespace t2i::pipeline {
+
+namespace fs = std::filesystem;
+
+void check_model_dir(const std::string& path) {
+    if (io::dir_exists(path)) {
+        if (!io::file_exists(path + "/model_index.json"))
+            throw std::runtime_error(
+                "'" + path +
+                "' has no model_index.json: it is not a model "
+                "folder in diffusers layout (expected model_index.json, unet/, "
+                "vae/, text_encoder/, tokenizer/, scheduler/)");
+        return;
+    }
+    std::string msg = "model folder '" + path + "' does not exist.";
+    if (path.find('/') != std::string::npos && path.front() != '/' && path.front() != '.')
+        msg +=
+            " If this is a Hugging Face Hub id: t2i reads local folders only and never uses the "
+            "network. Download it first, e.g. `huggingface-cli download " +
+            path + " --local-dir models/" + path.substr(path.find('/') + 1) +
+            "`, then pass that folder.";
+    throw std::runtime_error(msg);
+}
+
+ModelIndex read_model_index(const std::string& model_dir) {
+    check_model_dir(model_dir);
+    ModelIndex index;
+    index.raw        = io::read_json(model_dir + "/model_index.json");
+    index.class_name = index.raw.get<std::string>("_class_name", "");
+    for (const auto& [key, value] : index.raw.json().items()) {
+        if (key.empty() || key[0] == '_') continue;
+        if (!value.is_array() || value.size() != 2) continue;  // e.g. requires_safety_checker
+        if (value[0].is_null() || value[1].is_null()) continue;
+        index.components[key] = {value[0].get<std::string>(), value[1].get<std::string>()};
+    }
+    return index;
+}
+
+namespace {
+
+// "model.safetensors" + "fp16" -> "model.fp16.safetensors" (diffusers / transformers _add_variant).
+std::string add_variant(const std::string& name, const std::string& variant) {
+    if (variant.empty()) return name;
+    const auto dot = name.find_last_of('.');
+    return name.substr(0, dot) + "." + variant + name.substr(dot);
+}
+
+std::vector<std::string> shards_from_index(const std::string& index_path) {
+    const auto index = io::read_json(index_path);
+    std::set<std::string> files;
+    const auto& map =
+        index.json().contains("weight_map") ? index.json()["weight_map"] : nlohmann::json();
+    if (!map.is_object())
+        throw std::runtime_error("'" + index_path + "': missing object 'weight_map'");
+    for (const auto& [key, file] : map.items()) {
+        if (!file.is_string())
+            throw std::runtime_error("'" + index_path + "': weight_map entry '" + key +
+                                     "' is not a file name");
+        files.insert(file.get<std::string>());
+    }
+    const std::string dir = fs::path(index_path).parent_path().string();
+    std::vector<std::string> out;
+    for (const auto& f : files) out.push_back(dir + "/" + f);
+    return out;
+}
+
+template <typename Module>
+void finish_load(Module& module, const std::vector<std::string>& files,
+                 const std::string& component, const LoadOptions& options) {
+    module->to(options.device, options.dtype.value_or(torch::kFloat32));
+    models::load_weights(*module, files, component);
+    module->eval();
+}
+
+}  // namespace
+
+std::vector<std::string> find_weight_files(const std::string& dir, const std::string& base,
+                                           const std::string& variant) {
+    if (!io::dir_exists(dir))
+        throw std::runtime_error("component folder '" + dir + "' does not exist");
+    const std::string single = dir + "/" + add_variant(base + ".safetensors", variant);
+    if (io::file_exists(single)) return {single};
+    const std::string index = dir + "/" + add_variant(base + ".safetensors.index.json", variant);
+    if (io::file_exists(index)) return shards_from_index(index);
+    if (!variant.empty()) {
+        // diffusers applies a variant per component: folders without variant files load the
+        // plain weights (DiffusionPipeline.from_pretrained, pipeline_utils.py).
+        const std::string plain       = dir + "/" + base + ".safetensors";
+        const std::string plain_index = dir + "/" + base + ".safetensors.index.json";
+        if (io::file_exists(plain) || io::file_exists(plain_index)) {
+            log_warn("%s has no '%s' variant weights; loading %s", dir.c_str(), variant.c_str(),
+                     io::file_exists(plain) ? plain.c_str() : plain_index.c_str());
+            return find_weight_files(dir, base, "");
+        }
+    }
+
+    std::vector<std::string> present;
+    for (const auto& e : fs::directory_iterator(dir))
+        present.push_back(e.path().filename().string());
+    std::string msg = "no weights '" + fs::path(single).filename().string() + "' in '" + dir + "'";
+    msg += " (files present:";
+    for (const auto& p : present) msg += " " + p;
+    msg += ").";
+    for (const auto& p : present) {
+        if (variant.empty() && p.size() > 12 && p.rfind(".safetensors") == p.size() - 12 &&
+            p.rfind(base + ".", 0) == 0) {
+            const std::string v = p.substr(base.size() + 1, p.size() - 12 - base.size() - 1);
+            msg += " Hint: this folder has the '" + v + "' variant; pass --variant " + v + ".";
+            throw std::runtime_error(msg);
+        }
+    }
+    for (const auto& p : present) {
+        if (p.size() > 4 && p.substr(p.size() - 4) == ".bin") {
+            msg +=
+                " Hint: t2i reads only .safetensors (pickled .bin files can run code); convert "
+                "with diffusers: `Pipeline.from_pretrained(dir).save_pretrained(out, "
+                "safe_serialization=True)`.";
+            break;
+        }
+    }
+    throw std::runtime_error(msg);
+}
+
+models::UNet2DConditionModel load_unet(const std::string& dir, const LoadOptions& options) {
+    const auto config =
+        models::UNet2DConditionConfig::from_json(io::read_json(dir + "/config.json"));
+    models::UNet2DConditionModel unet(config);
+    finish_load(unet, find_weight_files(dir, "diffusion_pytorch_model", options.variant), "unet",
+                options);
+    return unet;
+}
+
+models::AutoencoderKL load_vae(const std::string& dir, const LoadOptions& options) {
+    const auto config = models::AutoencoderKLConfig::from_json(io::read_json(dir + "/config.json"));
+    models::AutoencoderKL vae(config);
+    finish_load(vae, find_weight_files(dir, "diffusion_pytorch_model", options.variant), "vae",
+                options);
+    return vae;
+}
+
+models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOptions& options) {
+    const auto config = models::CLIPTextConfig::from_json(io::read_json(dir + "/config.json"));
+    models::CLIPTextModel text_encoder(config);
+    finish_load(text_encoder, find_weight_files(dir, "model", options.variant), "text_encoder",
+                options);
+    return text_encoder;
+}
+
+}  // namespace t2i::pipeline

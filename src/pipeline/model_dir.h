@@ -1,0 +1,52 @@
+// Implements: ModelDir, a Stable Diffusion model folder in diffusers layout: model_index.json and
+// one subfolder per component, each with config.json and weights. Finds the weight files the way
+// diffusers / transformers name them (variants, sharded index files) and builds each component
+// from its config.json, then loads its weights strictly.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/json_config.h"
+#include "models/clip_text.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+namespace t2i::pipeline {
+
+struct LoadOptions {
+    std::string variant;                     // "" or e.g. "fp16": *.fp16.safetensors
+    c10::optional<torch::ScalarType> dtype;  // parameter dtype after loading (default fp32)
+    torch::Device device = torch::kCPU;
+};
+
+// model_index.json: component name -> (library, class name); null entries are skipped.
+struct ModelIndex {
+    std::string class_name;
+    std::map<std::string, std::pair<std::string, std::string>> components;
+    io::JsonConfig raw;
+};
+
+ModelIndex read_model_index(const std::string& model_dir);
+
+// The safetensors files holding a component's weights: `<base>[.<variant>].safetensors`, or the
+// shards listed by `<base>.safetensors.index[.<variant>].json`. `base` is
+// "diffusion_pytorch_model" (diffusers) or "model" (transformers). Throws with the files present
+// and a hint (e.g. "pass --variant fp16", ".bin files are not supported") when none match.
+std::vector<std::string> find_weight_files(const std::string& component_dir,
+                                           const std::string& base, const std::string& variant);
+
+models::UNet2DConditionModel load_unet(const std::string& component_dir,
+                                       const LoadOptions& options);
+models::AutoencoderKL load_vae(const std::string& component_dir, const LoadOptions& options);
+models::CLIPTextModel load_text_encoder(const std::string& component_dir,
+                                        const LoadOptions& options);
+
+// Throws a clear error when `path` is not a local diffusers folder (for example a Hub id).
+void check_model_dir(const std::string& path);
+
+}  // namespace t2i::pipeline

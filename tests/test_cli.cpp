@@ -1,0 +1,145 @@
+// Tests: the `t2i` binary's contract (CLI.md): inspect and tokenize output, exit codes 0 / 1 / 2,
+// errors that name the problem.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "io/file_util.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace t2i {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::fixture;
+
+struct RunResult {
+    int code;
+    std::string out;  // stdout + stderr
+};
+
+// Runs the t2i binary with shell-quoted arguments; stderr is merged into the output.
+RunResult run_t2i(const std::vector<std::string>& args) {
+    std::string cmd = std::string("'") + T2I_BINARY + "'";
+    for (const auto& a : args) {
+        std::string q;
+        for (char c : a) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+        cmd += " '" + q + "'";
+    }
+    cmd += " 2>&1";
+    std::FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) throw std::runtime_error("popen failed");
+    std::string out;
+    std::array<char, 4096> buf{};
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST(Cli, InspectSummarizesEveryComponent) {
+    auto r = run_t2i({"inspect", fixture("tiny-sd1")});
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto counts = io::read_json(fixture("manifests/param_counts.json")).json()["tiny-sd1"];
+    auto with_commas  = [](int64_t n) {
+        std::string s = std::to_string(n), out;
+        for (size_t i = 0; i < s.size(); ++i) {
+            if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
+            out += s[i];
+        }
+        return out;
+    };
+    for (const char* c : {"unet", "vae", "text_encoder"})
+        EXPECT_NE(r.out.find("parameters: " + with_commas(counts[c].get<int64_t>())),
+                  std::string::npos)
+            << c << "\n"
+            << r.out;
+    for (const char* s :
+         {"unet: UNet2DConditionModel", "vae: AutoencoderKL", "text_encoder: CLIPTextModel",
+          "tokenizer: CLIPTokenizer", "scheduler: DDPMScheduler", "stored dtype: F32",
+          "prediction_type: \"epsilon\"", "scaling_factor: 0.18215"})
+        EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+}
+
+TEST(Cli, InspectFailsWithExitOneOnMissingWeights) {
+    testing::TempDir tmp;
+    fs::copy(fixture("tiny-sd1"), tmp.path() + "/m", fs::copy_options::recursive);
+    fs::permissions(tmp.path() + "/m", fs::perms::owner_all, fs::perm_options::add);
+    for (auto& e : fs::recursive_directory_iterator(tmp.path() + "/m"))
+        fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
+    // Drop one UNet tensor: the error must list it as missing.
+    const std::string unet_file = tmp.path() + "/m/unet/diffusion_pytorch_model.safetensors";
+    auto tensors                = io::load_safetensors(unet_file);
+    tensors.erase("conv_out.bias");
+    io::save_safetensors(unet_file, tensors);
+    auto r = run_t2i({"inspect", tmp.path() + "/m"});
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("conv_out.bias"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("missing"), std::string::npos) << r.out;
+}
+
+TEST(Cli, InspectNamesAHubIdAsNotLocal) {
+    auto r = run_t2i({"inspect", "runwayml/stable-diffusion-v1-5"});
+    EXPECT_EQ(r.code, 1);
+    EXPECT_NE(r.out.find("local"), std::string::npos) << r.out;
+}
+
+TEST(Cli, UnknownFlagOrCommandExitsTwo) {
+    auto r = run_t2i({"inspect", "--bogus", fixture("tiny-sd1")});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--bogus"), std::string::npos) << r.out;
+    EXPECT_EQ(run_t2i({"frobnicate"}).code, 2);
+    auto m = run_t2i({"tokenize", "--model", fixture("tiny-sd1"), "--mode", "weird", "x"});
+    EXPECT_EQ(m.code, 2);
+    EXPECT_NE(m.out.find("--mode"), std::string::npos) << m.out;
+}
+
+TEST(Cli, HelpExitsZero) {
+    for (const char* cmd : {"inspect", "tokenize"}) {
+        auto r = run_t2i({cmd, "--help"});
+        EXPECT_EQ(r.code, 0) << cmd;
+        EXPECT_NE(r.out.find("usage: t2i"), std::string::npos) << r.out;
+    }
+}
+
+TEST(Cli, TokenizePrintsTransformersIdsAsJsonLines) {
+    const auto golden  = io::read_json(fixture("golden/tokenizer_ids.json")).json();
+    const auto prompts = golden["prompts"];
+    for (const std::string mode : {"ftfy", "basic"}) {
+        std::vector<std::string> args{"tokenize", "--model", fixture("tiny-sd2"),
+                                      "--mode",   mode,      "--"};
+        for (const auto& p : prompts) args.push_back(p.get<std::string>());
+        auto r = run_t2i(args);
+        ASSERT_EQ(r.code, 0) << r.out;
+        std::istringstream lines(r.out);
+        std::string line;
+        size_t i = 0;
+        for (; std::getline(lines, line); ++i) {
+            ASSERT_LT(i, prompts.size());
+            const auto j        = nlohmann::json::parse(line);
+            const auto expected = golden["tokenizers"]["tiny-sd2"][mode]["per_prompt"][i];
+            EXPECT_EQ(j["prompt"], prompts[i]);
+            EXPECT_EQ(j["input_ids"], expected["input_ids"]) << mode << " prompt " << i;
+            const size_t n_ids = expected["ids_no_truncation"].size();
+            EXPECT_EQ(j["length"].get<size_t>(), std::min<size_t>(n_ids, 77)) << i;
+        }
+        EXPECT_EQ(i, prompts.size());
+    }
+}
+
+TEST(Cli, TokenizeAcceptsAPromptStartingWithDashAfterDoubleDash) {
+    auto r = run_t2i({"tokenize", "--model", fixture("tiny-sd1"), "--", "-a cat"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["prompt"], "-a cat");
+    EXPECT_EQ(run_t2i({"tokenize", "--model", fixture("tiny-sd1"), "-a cat"}).code, 2);
+}
+
+}  // namespace
+}  // namespace t2i
