@@ -1,0 +1,459 @@
+// Implements: caption_dataset.h: finding the layout of a local dataset, reading metadata
+// (JSON, JSON lines, CSV), the script's column checks, and the per-sample preprocessing.
+#include "data/caption_dataset.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "io/file_util.h"
+#include "io/image_io.h"
+#include "util/log.h"
+
+namespace t2i::data {
+namespace fs = std::filesystem;
+using json   = nlohmann::ordered_json;  // keeps the columns in file order, as HF does
+
+namespace {
+
+// A data file read into rows of JSON objects (CSV cells become strings).
+struct Table {
+    std::string file;
+    std::vector<std::string> columns;  // in order of first appearance
+    std::vector<json> rows;
+};
+
+// Extensions of Hugging Face's imagefolder (the common part); t2i decodes PNG, JPEG and WebP
+// and reports the others by path when they are loaded.
+bool is_image_file(const fs::path& p) {
+    static const std::set<std::string> kExt = {
+        ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".dib",
+        ".tif", ".tiff", ".ico", ".pbm",  ".pgm", ".ppm",  ".pnm",  ".tga", ".psd", ".jp2"};
+    std::string ext = p.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    return kExt.count(ext) > 0;
+}
+
+std::string lower_ext(const fs::path& p) {
+    std::string ext = p.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    return ext;
+}
+
+// HF datasets ignores hidden files and folders (".git", ".ipynb_checkpoints", "__MACOSX").
+bool is_hidden(const fs::path& relative) {
+    for (const auto& part : relative) {
+        const std::string s = part.string();
+        if ((s.size() > 1 && s[0] == '.' && s != "..") || s.rfind("__", 0) == 0) return true;
+    }
+    return false;
+}
+
+std::vector<fs::path> list_files(const fs::path& dir) {
+    std::vector<fs::path> files;
+    for (auto it =
+             fs::recursive_directory_iterator(dir, fs::directory_options::follow_directory_symlink);
+         it != fs::recursive_directory_iterator(); ++it) {
+        const fs::path rel = fs::relative(it->path(), dir);
+        if (is_hidden(rel)) {
+            if (it->is_directory()) it.disable_recursion_pending();
+            continue;
+        }
+        if (it->is_regular_file()) files.push_back(it->path());
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+std::string join(const std::vector<std::string>& items) {
+    std::string out;
+    for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+    return out;
+}
+
+void add_column(std::vector<std::string>* columns, const std::string& name) {
+    if (std::find(columns->begin(), columns->end(), name) == columns->end())
+        columns->push_back(name);
+}
+
+// RFC 4180 CSV: quoted fields with "" escapes and embedded newlines; CRLF or LF.
+std::vector<std::vector<std::string>> parse_csv(const std::string& text, const std::string& file) {
+    std::vector<std::vector<std::string>> rows;
+    std::vector<std::string> row;
+    std::string field;
+    bool quoted = false, was_quoted = false;
+    size_t i     = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;  // UTF-8 BOM
+    auto end_row = [&]() {
+        row.push_back(field);
+        if (!(row.size() == 1 && row[0].empty() && !was_quoted)) rows.push_back(row);
+        row.clear();
+        field.clear();
+        was_quoted = false;
+    };
+    for (; i < text.size(); ++i) {
+        const char c = text[i];
+        if (quoted) {
+            if (c != '"')
+                field += c;
+            else if (i + 1 < text.size() && text[i + 1] == '"')
+                field += '"', ++i;
+            else
+                quoted = false;
+        } else if (c == '"' && field.empty()) {
+            quoted = was_quoted = true;
+        } else if (c == ',') {
+            row.push_back(field);
+            field.clear();
+        } else if (c == '\n' || c == '\r') {
+            if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+            end_row();
+        } else {
+            field += c;
+        }
+    }
+    if (quoted) throw std::runtime_error("'" + file + "': unterminated quoted CSV field");
+    if (!field.empty() || !row.empty() || was_quoted) end_row();
+    return rows;
+}
+
+Table read_csv_table(const std::string& file, const std::string& text) {
+    Table t{file, {}, {}};
+    const auto rows = parse_csv(text, file);
+    if (rows.empty()) return t;
+    t.columns = rows[0];
+    for (size_t r = 1; r < rows.size(); ++r) {
+        if (rows[r].size() != t.columns.size())
+            throw std::runtime_error("'" + file + "': CSV row " + std::to_string(r) + " has " +
+                                     std::to_string(rows[r].size()) + " fields, the header has " +
+                                     std::to_string(t.columns.size()));
+        json row = json::object();
+        for (size_t c = 0; c < t.columns.size(); ++c) row[t.columns[c]] = rows[r][c];
+        t.rows.push_back(std::move(row));
+    }
+    return t;
+}
+
+std::vector<json> parse_json_lines(const std::string& text, const std::string& file) {
+    std::vector<json> rows;
+    std::istringstream in(text);
+    std::string line;
+    for (int line_no = 1; std::getline(in, line); ++line_no) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        try {
+            rows.push_back(json::parse(line));
+        } catch (const json::parse_error& e) {
+            throw std::runtime_error("'" + file + "' line " + std::to_string(line_no) +
+                                     ": invalid JSON: " + e.what());
+        }
+    }
+    return rows;
+}
+
+// .jsonl: one object per line. .json: an array of objects (or, as HF's json loader falls back
+// to, JSON lines). .csv: a header row.
+Table read_table(const std::string& file) {
+    const std::string text = io::read_text_file(file);
+    const std::string ext  = lower_ext(file);
+    if (ext == ".csv") return read_csv_table(file, text);
+    Table t{file, {}, {}};
+    if (ext == ".json") {
+        json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
+        if (doc.is_array())
+            t.rows.assign(doc.begin(), doc.end());
+        else if (doc.is_object())
+            throw std::runtime_error("'" + file +
+                                     "' holds one JSON object; expected an array of "
+                                     "records [{\"image\": ..., \"text\": ...}, ...]");
+        else
+            t.rows = parse_json_lines(text, file);
+    } else {
+        t.rows = parse_json_lines(text, file);
+    }
+    for (size_t r = 0; r < t.rows.size(); ++r) {
+        if (!t.rows[r].is_object())
+            throw std::runtime_error("'" + file + "': record " + std::to_string(r) +
+                                     " is not a JSON object");
+        for (const auto& item : t.rows[r].items()) add_column(&t.columns, item.key());
+    }
+    return t;
+}
+
+void check_column(const std::string& flag, const std::string& value,
+                  const std::vector<std::string>& columns, const std::string& file) {
+    if (std::find(columns.begin(), columns.end(), value) != columns.end()) return;
+    throw std::runtime_error(flag + " value '" + value + "' needs to be one of: " + join(columns) +
+                             " (the columns of '" + file + "')");
+}
+
+std::string where(const Table& t, size_t r) {
+    return "'" + t.file + "' record " + std::to_string(r);
+}
+
+// The script's tokenize_captions accepts a str or a list of str, and raises otherwise.
+std::vector<std::string> parse_captions(const json& cell, const std::string& column,
+                                        const std::string& at) {
+    std::vector<std::string> out;
+    if (cell.is_string()) out.push_back(cell.get<std::string>());
+    if (cell.is_array() && !cell.empty())
+        for (const auto& c : cell) {
+            if (!c.is_string()) break;
+            out.push_back(c.get<std::string>());
+        }
+    if (out.empty() || (cell.is_array() && out.size() != cell.size()))
+        throw std::runtime_error("Caption column `" + column +
+                                 "` should contain either strings or lists of strings; " + at +
+                                 " has " + cell.dump());
+    return out;
+}
+
+// An image cell: a path string or {"path": ...} (HF's Image feature), relative to `base`.
+std::string resolve_image(const json& cell, const fs::path& base, const std::string& column,
+                          const std::string& at) {
+    std::string rel;
+    if (cell.is_string())
+        rel = cell.get<std::string>();
+    else if (cell.is_object() && cell.contains("path") && cell["path"].is_string())
+        rel = cell["path"].get<std::string>();
+    else
+        throw std::runtime_error("image column `" + column + "` should hold a file path; " + at +
+                                 " has " + cell.dump().substr(0, 200));
+    const std::string path = (base / rel).lexically_normal().string();
+    if (!io::file_exists(path))
+        throw std::runtime_error(at + ": image file '" + path + "' does not exist");
+    return path;
+}
+
+// Rows of one table -> records. `image_from_file_name`: imagefolder's "image" column.
+void append_records(const Table& t, const DatasetConfig& cfg, bool image_from_file_name,
+                    std::vector<Record>* records) {
+    const fs::path base = fs::path(t.file).parent_path();
+    for (size_t r = 0; r < t.rows.size(); ++r) {
+        const json& row             = t.rows[r];
+        const std::string at        = where(t, r);
+        const std::string image_key = image_from_file_name ? "file_name" : cfg.image_column;
+        if (!row.contains(image_key))
+            throw std::runtime_error(at + " has no '" + image_key + "' value");
+        if (!row.contains(cfg.caption_column))
+            throw std::runtime_error(at + " has no '" + cfg.caption_column + "' value");
+        Record rec;
+        rec.image_path = resolve_image(row[image_key], base, image_key, at);
+        rec.captions   = parse_captions(row[cfg.caption_column], cfg.caption_column, at);
+        records->push_back(std::move(rec));
+    }
+}
+
+// Hugging Face imagefolder with metadata files (each describes the images below its folder).
+void index_imagefolder(const std::vector<fs::path>& metadata, const DatasetConfig& cfg,
+                       DatasetIndex* index) {
+    for (const auto& file : metadata) {
+        const Table t = read_table(file.string());
+        if (std::find(t.columns.begin(), t.columns.end(), "file_name") == t.columns.end())
+            throw std::runtime_error("metadata file '" + t.file +
+                                     "' has no 'file_name' column (columns: " + join(t.columns) +
+                                     "); imagefolder metadata names each image in 'file_name'");
+        std::vector<std::string> columns = {"image"};
+        for (const auto& c : t.columns)
+            if (c != "file_name") add_column(&columns, c);
+        check_column("--image_column", cfg.image_column, columns, t.file);
+        check_column("--caption_column", cfg.caption_column, columns, t.file);
+        if (cfg.caption_column == "image")
+            throw std::runtime_error("--caption_column 'image' is the image column of '" + t.file +
+                                     "'; pick a text column: " + join(columns));
+        for (const auto& c : columns) add_column(&index->columns, c);
+        append_records(t, cfg, cfg.image_column == "image", &index->records);
+    }
+}
+
+// A .json / .jsonl / .csv file of records with image paths.
+void index_record_files(const std::vector<fs::path>& files, const DatasetConfig& cfg,
+                        DatasetIndex* index) {
+    for (const auto& file : files) {
+        const Table t = read_table(file.string());
+        check_column("--image_column", cfg.image_column, t.columns, t.file);
+        check_column("--caption_column", cfg.caption_column, t.columns, t.file);
+        for (const auto& c : t.columns) add_column(&index->columns, c);
+        append_records(t, cfg, false, &index->records);
+    }
+}
+
+// kohya-ss: the first line of <stem>.txt or <stem>.caption; images without one get an empty
+// caption with a warning, as kohya does.
+bool read_sidecar(const fs::path& image, std::string* caption) {
+    for (const char* ext : {".txt", ".caption"}) {
+        fs::path side = image;
+        side.replace_extension(ext);
+        if (!io::file_exists(side.string())) continue;
+        std::istringstream in(io::read_text_file(side.string()));
+        std::string line;
+        std::getline(in, line);
+        if (line.rfind("\xEF\xBB\xBF", 0) == 0) line = line.substr(3);
+        const auto b = line.find_first_not_of(" \t\r\n"), e = line.find_last_not_of(" \t\r\n");
+        *caption = b == std::string::npos ? "" : line.substr(b, e - b + 1);
+        return true;
+    }
+    return false;
+}
+
+void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
+                    const DatasetConfig& cfg, DatasetIndex* index) {
+    index->columns = {"image", "text"};
+    check_column("--image_column", cfg.image_column, {"image"}, dir + " (sidecar captions)");
+    check_column("--caption_column", cfg.caption_column, {"text"}, dir + " (sidecar captions)");
+    int64_t missing = 0;
+    std::string first_missing;
+    for (const auto& image : images) {
+        Record rec{image.lexically_normal().string(), {""}};
+        if (!read_sidecar(image, &rec.captions[0]) && missing++ == 0)
+            first_missing = rec.image_path;
+        index->records.push_back(std::move(rec));
+    }
+    if (missing > 0)
+        log_warn(
+            "%lld of %zu images in '%s' have no .txt/.caption file (e.g. '%s'); they are "
+            "trained with an empty caption, as kohya-ss does",
+            static_cast<long long>(missing), images.size(), dir.c_str(), first_missing.c_str());
+}
+
+[[noreturn]] void throw_missing_source(const std::string& flag, const std::string& source) {
+    static const std::regex kHubId(R"(^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$)");
+    std::string msg = flag + " '" + source + "': no such file or folder.";
+    if (std::regex_match(source, kHubId))
+        msg +=
+            " If this is a Hugging Face Hub dataset id: t2i reads local folders only; "
+            "download it first with\n  huggingface-cli download --repo-type dataset " +
+            source + " --local-dir DIR\nand pass " + flag + " DIR.";
+    throw std::runtime_error(msg);
+}
+
+[[noreturn]] void throw_unsupported_files(const std::string& source, const std::string& file) {
+    throw std::runtime_error(
+        "dataset '" + source + "' holds '" + file +
+        "': Parquet/Arrow datasets are not supported. Export it to an image folder with "
+        "metadata.jsonl, e.g. in Python: ds = datasets.load_dataset(DIR, split='train'); for "
+        "i, r in enumerate(ds): r['image'].save(f'out/{i}.png') and write {\"file_name\": "
+        "f'{i}.png', \"text\": r['text']} lines to out/metadata.jsonl");
+}
+
+void index_folder(const std::string& dir, const DatasetConfig& cfg, DatasetIndex* index) {
+    std::vector<fs::path> metadata, images, data_files;
+    bool has_sidecar = false;
+    for (const auto& f : list_files(dir)) {
+        const std::string name = f.filename().string(), ext = lower_ext(f);
+        if (name == "metadata.jsonl" || name == "metadata.csv")
+            metadata.push_back(f);
+        else if (ext == ".parquet" || ext == ".arrow" || name == "metadata.parquet")
+            throw_unsupported_files(dir, f.string());
+        else if (is_image_file(f))
+            images.push_back(f);
+        else if (ext == ".json" || ext == ".jsonl" || ext == ".csv")
+            data_files.push_back(f);
+        else if (ext == ".txt" || ext == ".caption")
+            has_sidecar = true;
+    }
+    std::set<std::string> kinds;
+    for (const auto& m : metadata) kinds.insert(m.extension().string());
+    if (kinds.size() > 1)
+        throw std::runtime_error("dataset folder '" + dir +
+                                 "' mixes metadata.jsonl and "
+                                 "metadata.csv files; use one format");
+    if (!metadata.empty()) {
+        index->layout = "imagefolder";
+        index_imagefolder(metadata, cfg, index);
+    } else if (!images.empty() && has_sidecar) {
+        index->layout = "captions";
+        index_sidecars(dir, images, cfg, index);
+    } else if (!images.empty()) {
+        index->layout  = "imagefolder";
+        index->columns = {"image"};
+        check_column("--caption_column", cfg.caption_column, index->columns,
+                     dir +
+                         "', which has images but no metadata.jsonl/metadata.csv and no "
+                         ".txt/.caption files: add captions");
+    } else if (!data_files.empty()) {
+        index->layout = "records";
+        index_record_files(data_files, cfg, index);
+    }
+}
+
+void apply_max_train_samples(const DatasetConfig& cfg, DatasetIndex* index) {
+    const int64_t n = static_cast<int64_t>(index->records.size());
+    if (cfg.max_train_samples < 0) return;
+    if (cfg.max_train_samples >= n) {
+        log_warn("--max_train_samples %lld >= dataset size %lld: using every example",
+                 static_cast<long long>(cfg.max_train_samples), static_cast<long long>(n));
+        return;
+    }
+    Rng rng(cfg.seed);
+    const auto perm = random_permutation(n, rng);
+    std::vector<Record> kept;
+    for (int64_t i = 0; i < cfg.max_train_samples; ++i) kept.push_back(index->records[perm[i]]);
+    index->records = std::move(kept);
+}
+
+}  // namespace
+
+DatasetIndex index_dataset(const DatasetConfig& cfg) {
+    // The script: `if args.dataset_name is not None: ... else: imagefolder(train_data_dir)`.
+    const bool by_name       = !cfg.dataset_name.empty();
+    const std::string flag   = by_name ? "--dataset_name" : "--train_data_dir";
+    const std::string source = by_name ? cfg.dataset_name : cfg.train_data_dir;
+    if (source.empty())
+        throw std::runtime_error(
+            "need --dataset_name or --train_data_dir: a local folder of "
+            "images with metadata.jsonl/metadata.csv or .txt captions, or "
+            "a .json/.jsonl/.csv file of records");
+    DatasetIndex index;
+    index.source = source;
+    if (io::dir_exists(source)) {
+        index_folder(source, cfg, &index);
+    } else if (io::file_exists(source)) {
+        const std::string ext = lower_ext(source);
+        if (ext == ".parquet" || ext == ".arrow") throw_unsupported_files(source, source);
+        if (ext != ".json" && ext != ".jsonl" && ext != ".csv")
+            throw std::runtime_error(flag + " '" + source +
+                                     "': expected a folder or a .json, "
+                                     ".jsonl or .csv file of records");
+        index.layout = "records";
+        index_record_files({fs::path(source)}, cfg, &index);
+    } else {
+        throw_missing_source(flag, source);
+    }
+    if (index.records.empty())
+        throw std::runtime_error("dataset '" + source +
+                                 "' has no examples (no images listed in "
+                                 "metadata, no records, no captioned images)");
+    apply_max_train_samples(cfg, &index);
+    return index;
+}
+
+CaptionDataset CaptionDataset::open(const DatasetConfig& config,
+                                    tokenizer::CLIPTokenizer tokenizer) {
+    DatasetIndex index = index_dataset(config);
+    log_info("dataset '%s' (%s): %lld examples", index.source.c_str(), index.layout.c_str(),
+             static_cast<long long>(index.records.size()));
+    return CaptionDataset(config, std::move(index), std::move(tokenizer));
+}
+
+Example CaptionDataset::get(int64_t i, Rng& rng) const {
+    const Record& rec = record(i);
+    torch::Tensor image;
+    try {
+        image = io::decode_image(rec.image_path);  // PIL: Image.open(...).convert("RGB")
+    } catch (const std::exception& e) {
+        throw BadSampleError(e.what());
+    }
+    Example ex;
+    ex.path         = rec.image_path;
+    ex.pixel_values = train_transform(image, config_.transform, rng);  // [3, R, R]
+    // tokenize_captions: random.choice among a list (is_train=True).
+    const size_t n    = rec.captions.size();
+    ex.caption        = n == 1 ? rec.captions[0] : rec.captions[rng_uniform_index(rng, n)];
+    const auto tokens = tokenizer_(ex.caption, config_.text_clean);
+    ex.input_ids      = torch::tensor(tokens.input_ids, torch::kInt64);  // [77]
+    return ex;
+}
+
+}  // namespace t2i::data

@@ -1,0 +1,172 @@
+// Implements: loader.h: the epoch permutation, rank sharding, per-sample seeding, and the
+// worker pool that builds batches ahead and hands them over strictly in order.
+#include "data/loader.h"
+
+#include "util/log.h"
+
+namespace t2i::data {
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// Domain tags so that the epoch generator never equals a sample generator.
+constexpr uint64_t kTagEpoch  = 0x65706F6368ull;  // "epoch"
+constexpr uint64_t kTagSample = 0x73616D706Cull;  // "sampl"
+
+}  // namespace
+
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
+    uint64_t h = splitmix64(seed);
+    h          = splitmix64(h ^ a);
+    h          = splitmix64(h ^ b);
+    return splitmix64(h ^ c);
+}
+
+DataLoader::DataLoader(std::shared_ptr<const CaptionDataset> dataset, LoaderConfig config)
+    : dataset_(std::move(dataset)), config_(config) {
+    TORCH_CHECK(dataset_ && dataset_->size() > 0, "DataLoader: empty dataset");
+    TORCH_CHECK(config_.batch_size > 0, "--train_batch_size must be positive, got ",
+                config_.batch_size);
+    TORCH_CHECK(config_.num_workers >= 0, "--dataloader_num_workers must be >= 0, got ",
+                config_.num_workers);
+    TORCH_CHECK(config_.world_size >= 1 && config_.rank >= 0 && config_.rank < config_.world_size,
+                "DataLoader: bad rank ", config_.rank, " of world size ", config_.world_size);
+    TORCH_CHECK(config_.prefetch_factor >= 1, "DataLoader: prefetch_factor must be >= 1");
+    const int64_t total = (dataset_->size() + config_.batch_size - 1) / config_.batch_size;
+    batches_per_epoch_  = (total + config_.world_size - 1) / config_.world_size;
+    for (int i = 0; i < config_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+DataLoader::~DataLoader() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+    }
+    work_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+}
+
+std::shared_ptr<const std::vector<int64_t>> DataLoader::permutation(int64_t epoch) const {
+    std::lock_guard<std::mutex> lock(perm_mutex_);
+    auto it = perms_.find(epoch);
+    if (it != perms_.end()) return it->second;
+    Rng rng(mix_seed(config_.seed, kTagEpoch, static_cast<uint64_t>(epoch)));
+    auto perm =
+        std::make_shared<const std::vector<int64_t>>(random_permutation(dataset_->size(), rng));
+    perms_[epoch] = perm;
+    while (perms_.size() > 4) perms_.erase(perms_.begin());  // keep the latest epochs
+    return perm;
+}
+
+std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t batch) const {
+    const int64_t n = dataset_->size(), bs = config_.batch_size;
+    const auto perm      = permutation(epoch);
+    const int64_t global = batch * config_.world_size + config_.rank;  // accelerate's sharding
+    std::vector<int64_t> out;
+    for (int64_t p = global * bs; p < (global + 1) * bs; ++p) {
+        if (config_.world_size == 1 && p >= n) break;  // drop_last=False: a short last batch
+        out.push_back((*perm)[p % n]);                 // even_batches: wrap around
+    }
+    return out;
+}
+
+DataLoader::Result DataLoader::build(int64_t linear) const {
+    Result result;
+    try {
+        const int64_t epoch = linear / batches_per_epoch_, k = linear % batches_per_epoch_;
+        const auto indices  = batch_indices(epoch, k);
+        const int64_t first = (k * config_.world_size + config_.rank) * config_.batch_size;
+        Batch batch;
+        batch.epoch       = epoch;
+        batch.batch_index = k;
+        std::vector<torch::Tensor> pixels, ids;
+        for (size_t j = 0; j < indices.size(); ++j) {
+            // The generator depends on the permutation position, not on the rank or thread.
+            Rng rng(mix_seed(config_.seed, kTagSample, static_cast<uint64_t>(epoch),
+                             static_cast<uint64_t>(first + static_cast<int64_t>(j))));
+            try {
+                Example ex = dataset_->get(indices[j], rng);
+                pixels.push_back(ex.pixel_values);
+                ids.push_back(ex.input_ids);
+                batch.paths.push_back(ex.path);
+                batch.indices.push_back(indices[j]);
+            } catch (const BadSampleError& e) {
+                if (!config_.skip_bad_samples) throw;
+                log_warn("skipping bad sample: %s", e.what());
+                ++result.skipped;
+            }
+        }
+        if (!pixels.empty()) {
+            batch.pixel_values = torch::stack(pixels);  // [B, 3, R, R]
+            batch.input_ids    = torch::stack(ids);     // [B, 77]
+            result.batch       = std::move(batch);
+        }
+    } catch (...) {
+        result.error = std::current_exception();
+    }
+    return result;
+}
+
+void DataLoader::worker_loop() {
+    const int64_t window = int64_t(config_.num_workers) * config_.prefetch_factor;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        work_cv_.wait(lock, [&] { return stop_ || next_claim_ < next_consume_ + window; });
+        if (stop_) return;
+        const int64_t linear      = next_claim_++;
+        const uint64_t generation = generation_;
+        lock.unlock();
+        Result result = build(linear);
+        lock.lock();
+        if (generation == generation_) {
+            done_[linear] = std::move(result);
+            done_cv_.notify_all();
+        }
+    }
+}
+
+std::optional<Batch> DataLoader::next() {
+    for (;;) {
+        if (batch_ >= batches_per_epoch_) {  // end of the epoch; the next call starts another
+            ++epoch_;
+            batch_ = 0;
+            return std::nullopt;
+        }
+        const int64_t linear = epoch_ * batches_per_epoch_ + batch_;
+        Result result;
+        if (workers_.empty()) {
+            result = build(linear);
+        } else {
+            std::unique_lock<std::mutex> lock(mutex_);
+            done_cv_.wait(lock, [&] { return done_.count(linear) > 0; });
+            result = std::move(done_[linear]);
+            done_.erase(linear);
+            next_consume_ = linear + 1;
+            work_cv_.notify_all();
+        }
+        ++batch_;
+        skipped_ += result.skipped;
+        if (result.error) std::rethrow_exception(result.error);
+        if (result.batch) return std::move(result.batch);
+        // Every sample of this batch was skipped: go on with the next one.
+    }
+}
+
+void DataLoader::seek(int64_t epoch, int64_t batch) {
+    TORCH_CHECK(epoch >= 0 && batch >= 0 && batch <= batches_per_epoch_, "DataLoader::seek(", epoch,
+                ", ", batch, "): batch must be in [0, ", batches_per_epoch_, "]");
+    epoch_ = epoch;
+    batch_ = batch;
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++generation_;
+    done_.clear();
+    next_claim_ = next_consume_ = epoch * batches_per_epoch_ + batch;
+    work_cv_.notify_all();
+}
+
+}  // namespace t2i::data

@@ -1,0 +1,128 @@
+// Implements: the script's `torch.utils.data.DataLoader(train_dataset, shuffle=True,
+// collate_fn=collate_fn, batch_size=train_batch_size, num_workers=dataloader_num_workers)`
+// (drop_last=False), prepared by accelerate for several processes, with what the original lacks:
+// an exact, resumable position.
+//   Order: epoch e visits the dataset in random_permutation(N, Rng(mix(seed, e))) order (not
+//     torch.randperm's sequence). Batch k holds permutation positions [k*B, (k+1)*B).
+//   Randomness: the sample at permutation position p of epoch e is transformed with
+//     Rng(mix(seed, e, p)), so a batch is a pure function of (seed, epoch, batch index): the same
+//     for any worker count and thread timing, and after seek().
+//   Workers: num_workers threads build whole batches ahead (at most num_workers x
+//     prefetch_factor in flight, across epoch boundaries), delivered strictly in order;
+//     num_workers = 0 builds each batch in next().
+//   Sharding (world_size > 1): like accelerate's BatchSamplerShard with even_batches=True,
+//     rank r takes global batches r, r + W, r + 2W, ...; every rank gets
+//     ceil(ceil(N / B) / W) full batches, positions past the end wrap to the permutation's start.
+//     With world_size = 1 the last batch of an epoch may be smaller (drop_last=False).
+//   Bad images: BadSampleError propagates from next() naming the path, unless skip_bad_samples
+//     is set: then the sample is left out of its batch (a batch may be smaller; a batch with no
+//     good sample is skipped), and skipped() counts them.
+// The loader is used from one consumer thread; its own workers are internal.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "data/caption_dataset.h"
+
+namespace t2i::data {
+
+struct LoaderConfig {
+    int64_t batch_size    = 16;  // --train_batch_size
+    int num_workers       = 0;   // --dataloader_num_workers
+    int prefetch_factor   = 2;   // batches in flight per worker (torch's default)
+    uint64_t seed         = 0;   // --seed
+    int rank              = 0;   // this process in the data-parallel world
+    int world_size        = 1;
+    bool skip_bad_samples = false;
+};
+
+// The next batch next() will return: (epoch, batch index within the epoch on this rank).
+struct LoaderPosition {
+    int64_t epoch = 0;
+    int64_t batch = 0;
+};
+
+struct Batch {
+    torch::Tensor pixel_values;      // float32 [B, 3, R, R]
+    torch::Tensor input_ids;         // int64 [B, 77]
+    std::vector<std::string> paths;  // [B]
+    std::vector<int64_t> indices;    // [B] dataset indices
+    int64_t epoch       = 0;
+    int64_t batch_index = 0;
+};
+
+// SplitMix64-based hash of (seed, a, b, c): seeds of the per-epoch and per-sample generators.
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0);
+
+class DataLoader {
+  public:
+    DataLoader(std::shared_ptr<const CaptionDataset> dataset, LoaderConfig config);
+    ~DataLoader();
+    DataLoader(const DataLoader&)            = delete;
+    DataLoader& operator=(const DataLoader&) = delete;
+
+    // Batches this rank gets per epoch (len(train_dataloader) of the script on this process).
+    int64_t batches_per_epoch() const { return batches_per_epoch_; }
+
+    // The next batch of the current epoch, or nullopt when the epoch is over; the call after
+    // that starts the next epoch. Rethrows a worker's error for the batch it belongs to.
+    std::optional<Batch> next();
+
+    LoaderPosition position() const { return {epoch_, batch_}; }
+    // Continue with batch `batch` (0 <= batch <= batches_per_epoch()) of `epoch`: after a
+    // checkpoint at position() = (e, k), seek(e, k) makes next() return exactly that batch.
+    void seek(int64_t epoch, int64_t batch);
+
+    int64_t skipped() const { return skipped_; }  // bad samples left out (skip_bad_samples)
+
+    // Dataset indices of batch `batch` of `epoch` on this rank, in batch order.
+    std::vector<int64_t> batch_indices(int64_t epoch, int64_t batch) const;
+
+  private:
+    struct Result {
+        std::optional<Batch> batch;  // empty when every sample was skipped
+        std::exception_ptr error;
+        int64_t skipped = 0;
+    };
+
+    Result build(int64_t linear) const;  // builds batch number epoch * per_epoch + batch
+    std::shared_ptr<const std::vector<int64_t>> permutation(int64_t epoch) const;
+    void worker_loop();
+
+    std::shared_ptr<const CaptionDataset> dataset_;
+    LoaderConfig config_;
+    int64_t batches_per_epoch_ = 0;
+
+    // Consumer state.
+    int64_t epoch_   = 0;
+    int64_t batch_   = 0;
+    int64_t skipped_ = 0;
+
+    // Worker state, guarded by mutex_.
+    std::mutex mutex_;
+    std::condition_variable work_cv_, done_cv_;
+    int64_t next_claim_   = 0;  // linear index the next idle worker builds
+    int64_t next_consume_ = 0;  // linear index the consumer waits for
+    uint64_t generation_  = 0;  // bumped by seek(): results of older claims are dropped
+    bool stop_            = false;
+    std::map<int64_t, Result> done_;
+    std::vector<std::thread> workers_;
+
+    // Permutations of recent epochs, shared by the workers.
+    mutable std::mutex perm_mutex_;
+    mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> perms_;
+};
+
+}  // namespace t2i::data

@@ -1,0 +1,359 @@
+// Implements: transforms.h. The resampler is a line-for-line port of Pillow's
+// src/libImaging/Resample.c (precompute_coeffs, normalize_coeffs_8bpc,
+// ImagingResample{Horizontal,Vertical}_8bpc, ImagingResampleInner) and of the nearest-neighbour
+// scale path (_imaging.c `_resize` -> Geometry.c ImagingScaleAffine), on interleaved RGB.
+#include "data/transforms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace t2i::data {
+namespace {
+
+// ---- Pillow's filters (Resample.c), same constants and float literals ---------------------
+
+double box_filter(double x) { return (x > -0.5 && x <= 0.5) ? 1.0 : 0.0; }
+
+double bilinear_filter(double x) {
+    if (x < 0.0) x = -x;
+    return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+double hamming_filter(double x) {
+    if (x < 0.0) x = -x;
+    if (x == 0.0) return 1.0;
+    if (x >= 1.0) return 0.0;
+    x = x * M_PI;
+    return std::sin(x) / x * (0.54f + 0.46f * std::cos(x));
+}
+
+double bicubic_filter(double x) {
+    constexpr double a = -0.5;  // Keys' cubic convolution with a = -0.5
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+double sinc_filter(double x) {
+    if (x == 0.0) return 1.0;
+    x = x * M_PI;
+    return std::sin(x) / x;
+}
+
+double lanczos_filter(double x) {
+    return (-3.0 <= x && x < 3.0) ? sinc_filter(x) * sinc_filter(x / 3) : 0.0;
+}
+
+struct Filter {
+    double (*fn)(double);
+    double support;
+};
+
+Filter filter_for(InterpolationMode mode) {
+    switch (mode) {
+        case InterpolationMode::kBox:
+            return {box_filter, 0.5};
+        case InterpolationMode::kBilinear:
+            return {bilinear_filter, 1.0};
+        case InterpolationMode::kHamming:
+            return {hamming_filter, 1.0};
+        case InterpolationMode::kBicubic:
+            return {bicubic_filter, 2.0};
+        case InterpolationMode::kLanczos:
+            return {lanczos_filter, 3.0};
+        default:
+            throw std::logic_error("nearest has no convolution filter");
+    }
+}
+
+// 8 bits for the result, 2 for overflow of negative lobes and sums above 1 (Resample.c).
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// Per output pixel: the first input index, the number of taps, and `ksize` fixed-point weights.
+struct Coeffs {
+    int ksize = 0;
+    std::vector<int> bounds;  // [out_size * 2]: xmin, count
+    std::vector<int32_t> kk;  // [out_size * ksize]
+};
+
+Coeffs precompute_coeffs(int in_size, float in0, float in1, int out_size, const Filter& filter) {
+    // Downscaling widens the filter by the scale factor: this is PIL's antialiasing.
+    const double scale       = static_cast<double>(in1 - in0) / out_size;
+    const double filterscale = scale < 1.0 ? 1.0 : scale;
+    const double support     = filter.support * filterscale;
+    Coeffs c;
+    c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+    c.bounds.resize(size_t(out_size) * 2);
+    c.kk.assign(size_t(out_size) * c.ksize, 0);
+    std::vector<double> k(c.ksize);
+    for (int xx = 0; xx < out_size; ++xx) {
+        const double center = in0 + (xx + 0.5) * scale;
+        const double ss     = 1.0 / filterscale;
+        int xmin            = static_cast<int>(center - support + 0.5);  // truncation, as PIL
+        if (xmin < 0) xmin = 0;
+        int xmax = static_cast<int>(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double ww = 0.0;
+        for (int x = 0; x < xmax; ++x) {
+            k[x] = filter.fn((x + xmin - center + 0.5) * ss);
+            ww += k[x];
+        }
+        for (int x = 0; x < xmax; ++x) {
+            const double w = ww != 0.0 ? k[x] / ww : k[x];
+            // normalize_coeffs_8bpc: round half away from zero to 22-bit fixed point.
+            c.kk[size_t(xx) * c.ksize + x] = static_cast<int32_t>(
+                w < 0 ? -0.5 + w * (1 << kPrecisionBits) : 0.5 + w * (1 << kPrecisionBits));
+        }
+        c.bounds[2 * xx]     = xmin;
+        c.bounds[2 * xx + 1] = xmax;
+    }
+    return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+    const int32_t s = v >> kPrecisionBits;  // arithmetic shift, as PIL's lookup index
+    return static_cast<uint8_t>(s < 0 ? 0 : s > 255 ? 255 : s);
+}
+
+// ImagingResampleHorizontal_8bpc on rows [row0, row0 + rows) of `in` ([H, in_w, 3]).
+void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_t* out, int out_w,
+                         const Coeffs& c) {
+    for (int yy = 0; yy < rows; ++yy) {
+        const uint8_t* src = in + size_t(yy + row0) * in_w * 3;
+        uint8_t* dst       = out + size_t(yy) * out_w * 3;
+        for (int xx = 0; xx < out_w; ++xx) {
+            const int xmin   = c.bounds[2 * xx];
+            const int xmax   = c.bounds[2 * xx + 1];
+            const int32_t* k = &c.kk[size_t(xx) * c.ksize];
+            int32_t ss0 = 1 << (kPrecisionBits - 1), ss1 = ss0, ss2 = ss0;
+            for (int x = 0; x < xmax; ++x) {
+                const uint8_t* p = src + (x + xmin) * 3;
+                ss0 += p[0] * k[x];
+                ss1 += p[1] * k[x];
+                ss2 += p[2] * k[x];
+            }
+            dst[3 * xx]     = clip8(ss0);
+            dst[3 * xx + 1] = clip8(ss1);
+            dst[3 * xx + 2] = clip8(ss2);
+        }
+    }
+}
+
+// ImagingResampleVertical_8bpc: `in` is [*, w, 3], `out` is [out_h, w, 3].
+void resample_vertical(const uint8_t* in, int w, uint8_t* out, int out_h, const Coeffs& c) {
+    const size_t stride = size_t(w) * 3;
+    for (int yy = 0; yy < out_h; ++yy) {
+        const int ymin   = c.bounds[2 * yy];
+        const int ymax   = c.bounds[2 * yy + 1];
+        const int32_t* k = &c.kk[size_t(yy) * c.ksize];
+        uint8_t* dst     = out + yy * stride;
+        for (size_t i = 0; i < stride; ++i) {
+            int32_t ss = 1 << (kPrecisionBits - 1);
+            for (int y = 0; y < ymax; ++y) ss += in[(y + ymin) * stride + i] * k[y];
+            dst[i] = clip8(ss);
+        }
+    }
+}
+
+// ImagingResampleInner: vertical coefficients first (they bound the rows the horizontal pass
+// needs), then the horizontal pass into a temporary, then the vertical pass. A pass whose size
+// does not change is skipped.
+torch::Tensor resample(const torch::Tensor& image, int out_h, int out_w, const Filter& filter) {
+    const int in_h = static_cast<int>(image.size(0)), in_w = static_cast<int>(image.size(1));
+    const bool need_horizontal = out_w != in_w;
+    const bool need_vertical   = out_h != in_h;
+    Coeffs vert          = precompute_coeffs(in_h, 0.f, static_cast<float>(in_h), out_h, filter);
+    const int ybox_first = vert.bounds[0];
+    const int ybox_last  = vert.bounds[2 * out_h - 2] + vert.bounds[2 * out_h - 1];
+
+    torch::Tensor current = image;
+    if (need_horizontal) {
+        Coeffs horiz = precompute_coeffs(in_w, 0.f, static_cast<float>(in_w), out_w, filter);
+        for (int i = 0; i < out_h; ++i) vert.bounds[2 * i] -= ybox_first;
+        auto temp = torch::empty({ybox_last - ybox_first, out_w, 3}, torch::kUInt8);
+        resample_horizontal(image.data_ptr<uint8_t>(), in_w, ybox_first, ybox_last - ybox_first,
+                            temp.data_ptr<uint8_t>(), out_w, horiz);
+        current = temp;
+    }
+    if (need_vertical) {
+        const int w = static_cast<int>(current.size(1));
+        auto out    = torch::empty({out_h, w, 3}, torch::kUInt8);
+        resample_vertical(current.data_ptr<uint8_t>(), w, out.data_ptr<uint8_t>(), out_h, vert);
+        return out;
+    }
+    return need_horizontal ? current : image.clone();
+}
+
+// Geometry.c ImagingScaleAffine with a = (in_w / out_w, 0, 0, 0, in_h / out_h, 0): source
+// coordinates accumulate in double from half a step, truncated (COORD); outside -> 0 (fill).
+torch::Tensor resize_nearest(const torch::Tensor& image, int out_h, int out_w) {
+    const int in_h = static_cast<int>(image.size(0)), in_w = static_cast<int>(image.size(1));
+    const double a0 = static_cast<double>(static_cast<float>(in_w)) / out_w;
+    const double a4 = static_cast<double>(static_cast<float>(in_h)) / out_h;
+    auto coord      = [](double v) { return v < 0.0 ? -1 : static_cast<int>(v); };
+    std::vector<int> xintab(out_w, -1);
+    double xo = a0 * 0.5;
+    for (int x = 0; x < out_w; ++x, xo += a0) {
+        const int xin = coord(xo);
+        if (xin >= 0 && xin < in_w) xintab[x] = xin;
+    }
+    auto out           = torch::zeros({out_h, out_w, 3}, torch::kUInt8);
+    const uint8_t* src = image.data_ptr<uint8_t>();
+    uint8_t* dst       = out.data_ptr<uint8_t>();
+    double yo          = a4 * 0.5;
+    for (int y = 0; y < out_h; ++y, yo += a4) {
+        const int yi = coord(yo);
+        if (yi < 0 || yi >= in_h) continue;
+        for (int x = 0; x < out_w; ++x)
+            if (xintab[x] >= 0)
+                std::memcpy(dst + (size_t(y) * out_w + x) * 3,
+                            src + (size_t(yi) * in_w + xintab[x]) * 3, 3);
+    }
+    return out;
+}
+
+void check_image(const torch::Tensor& image, const char* what) {
+    TORCH_CHECK(image.scalar_type() == torch::kUInt8 && image.dim() == 3 && image.size(2) == 3 &&
+                    image.is_contiguous() && image.device().is_cpu(),
+                what, ": expected a contiguous CPU uint8 [H, W, 3] image, got ",
+                image.scalar_type(), " ", image.sizes());
+}
+
+}  // namespace
+
+InterpolationMode parse_interpolation_mode(const std::string& name) {
+    static const std::pair<const char*, InterpolationMode> kModes[] = {
+        {"nearest", InterpolationMode::kNearest},
+        {"nearest_exact", InterpolationMode::kNearestExact},
+        {"bilinear", InterpolationMode::kBilinear},
+        {"bicubic", InterpolationMode::kBicubic},
+        {"box", InterpolationMode::kBox},
+        {"hamming", InterpolationMode::kHamming},
+        {"lanczos", InterpolationMode::kLanczos}};
+    for (const auto& [n, mode] : kModes)
+        if (name == n) return mode;
+    throw std::runtime_error("--image_interpolation_mode: unknown value '" + name +
+                             "'; expected one of: nearest, nearest_exact, bilinear, bicubic, box, "
+                             "hamming, lanczos");
+}
+
+const char* interpolation_mode_name(InterpolationMode mode) {
+    switch (mode) {
+        case InterpolationMode::kNearest:
+            return "nearest";
+        case InterpolationMode::kNearestExact:
+            return "nearest_exact";
+        case InterpolationMode::kBilinear:
+            return "bilinear";
+        case InterpolationMode::kBicubic:
+            return "bicubic";
+        case InterpolationMode::kBox:
+            return "box";
+        case InterpolationMode::kHamming:
+            return "hamming";
+        case InterpolationMode::kLanczos:
+            return "lanczos";
+    }
+    return "?";
+}
+
+uint64_t rng_uniform_index(Rng& rng, uint64_t n) {
+    TORCH_CHECK(n > 0, "rng_uniform_index: empty range");
+    const uint64_t threshold = (0 - n) % n;  // 2^64 mod n: reject the biased low values
+    for (;;) {
+        const uint64_t r = rng();
+        if (r >= threshold) return r % n;
+    }
+}
+
+double rng_uniform01(Rng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+std::vector<int64_t> random_permutation(int64_t n, Rng& rng) {
+    std::vector<int64_t> perm(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) perm[i] = i;
+    for (int64_t i = n - 1; i > 0; --i)
+        std::swap(perm[i], perm[rng_uniform_index(rng, uint64_t(i + 1))]);
+    return perm;
+}
+
+std::pair<int64_t, int64_t> resized_output_size(int64_t h, int64_t w, int64_t size) {
+    TORCH_CHECK(h > 0 && w > 0 && size > 0, "resize: bad sizes ", h, "x", w, " -> ", size);
+    const int64_t shorter = std::min(h, w), longer = std::max(h, w);
+    // Python: int(requested_new_short * long / short), true division then truncation.
+    const auto new_long = static_cast<int64_t>(static_cast<double>(size * longer) / shorter);
+    return w <= h ? std::make_pair(new_long, size) : std::make_pair(size, new_long);
+}
+
+torch::Tensor resize(const torch::Tensor& image, int64_t out_h, int64_t out_w,
+                     InterpolationMode mode) {
+    check_image(image, "resize");
+    TORCH_CHECK(out_h > 0 && out_w > 0, "resize: bad output size ", out_h, "x", out_w);
+    if (out_h == image.size(0) && out_w == image.size(1)) return image.clone();  // PIL copies
+    if (mode == InterpolationMode::kNearest || mode == InterpolationMode::kNearestExact)
+        return resize_nearest(image, static_cast<int>(out_h), static_cast<int>(out_w));
+    return resample(image, static_cast<int>(out_h), static_cast<int>(out_w), filter_for(mode));
+}
+
+torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
+                                  InterpolationMode mode) {
+    check_image(image, "resize_shorter_side");
+    const auto [h, w] = resized_output_size(image.size(0), image.size(1), size);
+    if (h == image.size(0) && w == image.size(1)) return image;  // torchvision returns it as is
+    return resize(image, h, w, mode);
+}
+
+torch::Tensor center_crop(const torch::Tensor& image, int64_t size) {
+    const int64_t h = image.size(0), w = image.size(1);
+    TORCH_CHECK(h >= size && w >= size, "center_crop: image ", h, "x", w, " smaller than ", size);
+    // int(round(d / 2.0)) with Python's round: half to even.
+    auto offset = [](int64_t d) {
+        const int64_t k = d / 2;
+        return (d % 2 == 1 && k % 2 == 1) ? k + 1 : k;
+    };
+    const int64_t top = offset(h - size), left = offset(w - size);
+    return image.slice(0, top, top + size).slice(1, left, left + size).contiguous();
+}
+
+torch::Tensor random_crop(const torch::Tensor& image, int64_t size, Rng& rng) {
+    const int64_t h = image.size(0), w = image.size(1);
+    TORCH_CHECK(h >= size && w >= size, "random_crop: image ", h, "x", w, " smaller than ", size);
+    if (h == size && w == size) return image;  // RandomCrop.get_params draws nothing
+    const auto top  = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(h - size + 1)));
+    const auto left = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(w - size + 1)));
+    return image.slice(0, top, top + size).slice(1, left, left + size).contiguous();
+}
+
+torch::Tensor hflip(const torch::Tensor& image) { return image.flip({1}).contiguous(); }
+
+torch::Tensor random_hflip(const torch::Tensor& image, Rng& rng) {
+    return rng_uniform01(rng) < 0.5 ? hflip(image) : image;
+}
+
+torch::Tensor to_normalized_tensor(const torch::Tensor& image) {
+    check_image(image, "to_normalized_tensor");
+    const int64_t h = image.size(0), w = image.size(1), hw = h * w;
+    auto out           = torch::empty({3, h, w}, torch::kFloat32);  // [3, H, W]
+    const uint8_t* src = image.data_ptr<uint8_t>();
+    float* dst         = out.data_ptr<float>();
+    for (int64_t i = 0; i < hw; ++i)
+        for (int64_t c = 0; c < 3; ++c) {
+            const float v   = static_cast<float>(src[3 * i + c]) / 255.0f;  // ToTensor
+            dst[c * hw + i] = (v - 0.5f) / 0.5f;                            // Normalize
+        }
+    return out;
+}
+
+torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng) {
+    auto x = resize_shorter_side(image, config.resolution, config.interpolation);
+    x      = config.center_crop ? center_crop(x, config.resolution)
+                                : random_crop(x, config.resolution, rng);
+    if (config.random_flip) x = random_hflip(x, rng);
+    return to_normalized_tensor(x.contiguous());
+}
+
+}  // namespace t2i::data

@@ -1,0 +1,31 @@
+// Implements: image files <-> uint8 RGB tensors [H, W, 3]. Decoding reproduces what
+// `PIL.Image.open(path).convert("RGB")` gives (the script's first transform), through libpng,
+// libjpeg(-turbo) and libwebp; the format is found from the magic bytes, never the extension.
+// Conversions follow Pillow's libImaging/Convert.c and the plugins' raw modes:
+//   L (and 1/2/4-bit gray)    -> replicated to R, G, B (low bit depths scaled as PIL's L;2 / L;4)
+//   LA, RGBA                  -> alpha dropped, not composited (PIL's convert does not blend)
+//   P (palette)               -> palette lookup; tRNS transparency ignored
+//   16-bit RGB(A), 16-bit LA  -> high byte (PIL's RGB;16B / RGBA;16B / LA;16B unpackers)
+//   16-bit gray               -> clipped to 255, not shifted (PIL's I;16 -> RGB, I16_RGB)
+//   CMYK / YCCK JPEG          -> inverted (PIL's "CMYK;I", Adobe convention), then cmyk2rgb
+//   WebP                      -> first frame through WebPAnimDecoder in RGBA, alpha dropped
+// EXIF orientation is not applied: neither PIL's convert nor torchvision/diffusers apply it.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace t2i::io {
+
+// uint8 [H, W, 3] RGB. Throws std::runtime_error naming `path` and the problem for unreadable,
+// unknown, truncated or corrupt files.
+torch::Tensor decode_image(const std::string& path);
+
+// Same, from bytes in memory; `name` is used in error messages.
+torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& name);
+
+// 8-bit RGB PNG of a uint8 [H, W, 3] tensor, written atomically (temp name, fsync, rename).
+void write_png(const std::string& path, const torch::Tensor& rgb_u8_hwc);
+
+}  // namespace t2i::io
