@@ -4,7 +4,8 @@
 //
 //   ./build/bench_unet [--config DIR/unet/config.json] [--threads 2] [--batch 2] [--latent 32]
 //                      [--iters 10] [--warmup 2] [--attention reference|fused] [--mode
-//                      fwd|fwdbwd|both]
+//                      fwd|fwdbwd|both] [--gradient_checkpointing 0|1] [--mixed_precision no|bf16]
+// Peak RSS only grows, so compare memory between separate runs (one --mode, one setting each).
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -13,14 +14,15 @@
 #include "io/json_config.h"
 #include "models/unet.h"
 #include "models/weights.h"
+#include "util/autocast.h"
 #include "util/torch_compat.h"
 
 using namespace t2i;
 
 int main(int argc, char** argv) {
     std::string config    = std::string(T2I_FIXTURES_DIR) + "/small-sd/unet/config.json";
-    std::string attention = "reference", mode = "both";
-    int threads = 2, batch = 2, latent = 32, iters = 10, warmup = 2;
+    std::string attention = "reference", mode = "both", mixed_precision = "no";
+    int threads = 2, batch = 2, latent = 32, iters = 10, warmup = 2, gradient_checkpointing = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];
         if (a == "--config")
@@ -39,6 +41,10 @@ int main(int argc, char** argv) {
             attention = v;
         else if (a == "--mode")
             mode = v;
+        else if (a == "--gradient_checkpointing")
+            gradient_checkpointing = std::stoi(v);
+        else if (a == "--mixed_precision")
+            mixed_precision = v;
         else {
             std::fprintf(stderr, "unknown flag %s\n", a.c_str());
             return 2;
@@ -50,20 +56,25 @@ int main(int argc, char** argv) {
     torch::manual_seed(0);
     const auto cfg = models::UNet2DConditionConfig::from_json(io::read_json(config));
     models::UNet2DConditionModel unet(cfg);
-    const int64_t ctx_dim = cfg.cross_attention_dim[0];
-    auto sample           = torch::randn({batch, cfg.in_channels, latent, latent});
-    auto t                = torch::randint(0, 1000, {batch}, torch::kInt64);
-    auto ehs              = torch::randn({batch, 77, ctx_dim});
+    unet->enable_gradient_checkpointing(gradient_checkpointing != 0);
+    const auto autocast_dtype = mixed_precision == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    const int64_t ctx_dim     = cfg.cross_attention_dim[0];
+    auto sample               = torch::randn({batch, cfg.in_channels, latent, latent});
+    auto t                    = torch::randint(0, 1000, {batch}, torch::kInt64);
+    auto ehs                  = torch::randn({batch, 77, ctx_dim});
     std::printf(
         "{\"bench\":\"unet\",\"config\":\"%s\",\"params\":%lld,\"threads\":%d,\"batch\":%d,"
-        "\"latent\":%d,\"attention\":\"%s\",\"torch\":\"%d.%d\"}\n",
+        "\"latent\":%d,\"attention\":\"%s\",\"gradient_checkpointing\":%d,"
+        "\"mixed_precision\":\"%s\",\"torch\":\"%d.%d\"}\n",
         config.c_str(), (long long)models::count_parameters(*unet), threads, batch, latent,
-        attention.c_str(), TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR);
+        attention.c_str(), gradient_checkpointing, mixed_precision.c_str(), TORCH_VERSION_MAJOR,
+        TORCH_VERSION_MINOR);
     if (mode == "fwd" || mode == "both") {
         unet->eval();
         const double ms = bench::median_ms(
             [&] {
                 torch::NoGradGuard g;
+                AutocastGuard autocast(torch::kCPU, autocast_dtype);
                 unet->forward(sample, t, ehs);
             },
             warmup, iters);
@@ -75,8 +86,12 @@ int main(int argc, char** argv) {
         unet->train();
         const double ms = bench::median_ms(
             [&] {
-                auto loss = unet->forward(sample, t, ehs).pow(2).mean();
-                loss.backward();
+                torch::Tensor out;
+                {
+                    AutocastGuard autocast(torch::kCPU, autocast_dtype);
+                    out = unet->forward(sample, t, ehs);
+                }
+                out.to(torch::kFloat32).pow(2).mean().backward();
                 for (auto& p : unet->parameters()) p.mutable_grad() = torch::Tensor();
             },
             warmup, iters);

@@ -43,7 +43,7 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
     if (o.norm_num_groups > 0)
         group_norm = register_module(
             "group_norm",
-            torch::nn::GroupNorm(
+            AutocastGroupNorm(
                 torch::nn::GroupNormOptions(o.norm_num_groups, o.query_dim).eps(o.eps)));
     to_q = register_module(
         "to_q", torch::nn::Linear(torch::nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
@@ -107,7 +107,7 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
     : only_cross_attention(o.only_cross_attention) {
     auto ln = [&](const char* name) {
         return register_module(
-            name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.dim}).eps(o.norm_eps)));
+            name, AutocastLayerNorm(torch::nn::LayerNormOptions({o.dim}).eps(o.norm_eps)));
     };
     AttentionOptions a1{o.dim};
     a1.heads               = o.num_attention_heads;
@@ -134,9 +134,8 @@ torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x,
 
 Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& o) : options(o) {
     const int64_t inner = o.num_attention_heads * o.attention_head_dim;
-    norm                = register_module(
-                       "norm", torch::nn::GroupNorm(
-                                   torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+    const auto gn       = torch::nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6);
+    norm                = register_module("norm", AutocastGroupNorm(gn));
     if (o.use_linear_projection) {
         proj_in_any = torch::nn::AnyModule(
             register_module("proj_in", torch::nn::Linear(o.in_channels, inner)));

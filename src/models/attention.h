@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include "models/normalization.h"
+
 namespace t2i::models {
 
 // Which kernel computes softmax(Q K^T * scale) V. kReference is diffusers' AttnProcessor
@@ -39,11 +41,11 @@ struct AttentionImpl : torch::nn::Module {
 
     AttentionOptions options;
     double scale;
-    torch::nn::GroupNorm group_norm{nullptr};  // [D] (VAE only)
-    torch::nn::Linear to_q{nullptr};           // [h*d, D]
-    torch::nn::Linear to_k{nullptr};           // [h*d, Dc]
-    torch::nn::Linear to_v{nullptr};           // [h*d, Dc]
-    torch::nn::ModuleList to_out{nullptr};     // 0: Linear [D, h*d]; 1: Dropout (no weights)
+    AutocastGroupNorm group_norm{nullptr};  // [D] (VAE only)
+    torch::nn::Linear to_q{nullptr};        // [h*d, D]
+    torch::nn::Linear to_k{nullptr};        // [h*d, Dc]
+    torch::nn::Linear to_v{nullptr};        // [h*d, Dc]
+    torch::nn::ModuleList to_out{nullptr};  // 0: Linear [D, h*d]; 1: Dropout (no weights)
 };
 TORCH_MODULE(Attention);
 
@@ -88,11 +90,11 @@ struct BasicTransformerBlockImpl : torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);  // [N, S, D]
 
     bool only_cross_attention;
-    torch::nn::LayerNorm norm1{nullptr};
+    AutocastLayerNorm norm1{nullptr};
     Attention attn1{nullptr};
-    torch::nn::LayerNorm norm2{nullptr};
+    AutocastLayerNorm norm2{nullptr};
     Attention attn2{nullptr};
-    torch::nn::LayerNorm norm3{nullptr};
+    AutocastLayerNorm norm3{nullptr};
     FeedForward ff{nullptr};
 };
 TORCH_MODULE(BasicTransformerBlock);
@@ -118,8 +120,8 @@ struct Transformer2DModelImpl : torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context);
 
     Transformer2DModelOptions options;
-    torch::nn::GroupNorm norm{nullptr};  // [C]
-    torch::nn::AnyModule proj_in_any;    // Conv2d [D, C, 1, 1] or Linear [D, C]
+    AutocastGroupNorm norm{nullptr};   // [C]
+    torch::nn::AnyModule proj_in_any;  // Conv2d [D, C, 1, 1] or Linear [D, C]
     torch::nn::ModuleList transformer_blocks{nullptr};
     torch::nn::AnyModule proj_out_any;  // Conv2d [C, D, 1, 1] or Linear [C, D]
 };

@@ -156,9 +156,9 @@ torch::Tensor CLIPMLPImpl::forward(const torch::Tensor& hidden_states) {
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& config) {
     const auto ln = torch::nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps);
     self_attn     = register_module("self_attn", CLIPAttention(config));
-    layer_norm1   = register_module("layer_norm1", torch::nn::LayerNorm(ln));
+    layer_norm1   = register_module("layer_norm1", AutocastLayerNorm(ln));
     mlp           = register_module("mlp", CLIPMLP(config));
-    layer_norm2   = register_module("layer_norm2", torch::nn::LayerNorm(ln));
+    layer_norm2   = register_module("layer_norm2", AutocastLayerNorm(ln));
 }
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& hidden_states,
@@ -190,7 +190,7 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& config_) 
     encoder          = register_module("encoder", CLIPEncoder(config));
     final_layer_norm = register_module(
         "final_layer_norm",
-        torch::nn::LayerNorm(
+        AutocastLayerNorm(
             torch::nn::LayerNormOptions({config.hidden_size}).eps(config.layer_norm_eps)));
 }
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "io/json_config.h"
+#include "models/normalization.h"
 
 namespace t2i::models {
 
@@ -91,9 +92,9 @@ struct CLIPEncoderLayerImpl : torch::nn::Module {
                           const torch::Tensor& causal_attention_mask);  // [B, S, D] -> [B, S, D]
 
     CLIPAttention self_attn{nullptr};
-    torch::nn::LayerNorm layer_norm1{nullptr};  // [D] + [D]
+    AutocastLayerNorm layer_norm1{nullptr};  // [D] + [D]
     CLIPMLP mlp{nullptr};
-    torch::nn::LayerNorm layer_norm2{nullptr};  // [D] + [D]
+    AutocastLayerNorm layer_norm2{nullptr};  // [D] + [D]
 };
 TORCH_MODULE(CLIPEncoderLayer);
 
@@ -125,7 +126,7 @@ struct CLIPTextTransformerImpl : torch::nn::Module {
     CLIPTextConfig config;
     CLIPTextEmbeddings embeddings{nullptr};
     CLIPEncoder encoder{nullptr};
-    torch::nn::LayerNorm final_layer_norm{nullptr};  // [D] + [D]
+    AutocastLayerNorm final_layer_norm{nullptr};  // [D] + [D]
 };
 TORCH_MODULE(CLIPTextTransformer);
 

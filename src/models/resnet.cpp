@@ -11,7 +11,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options(o)
     using torch::nn::Conv2dOptions;
     using torch::nn::GroupNormOptions;
     norm1 = register_module(
-        "norm1", torch::nn::GroupNorm(GroupNormOptions(o.groups, o.in_channels).eps(o.eps)));
+        "norm1", AutocastGroupNorm(GroupNormOptions(o.groups, o.in_channels).eps(o.eps)));
     conv1 = register_module(
         "conv1", torch::nn::Conv2d(Conv2dOptions(o.in_channels, o.out_channels, 3).padding(1)));
     if (o.temb_channels > 0) {
@@ -25,7 +25,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options(o)
             register_module("time_emb_proj", torch::nn::Linear(o.temb_channels, proj_out));
     }
     norm2 = register_module(
-        "norm2", torch::nn::GroupNorm(GroupNormOptions(o.groups, o.out_channels).eps(o.eps)));
+        "norm2", AutocastGroupNorm(GroupNormOptions(o.groups, o.out_channels).eps(o.eps)));
     dropout = register_module("dropout", torch::nn::Dropout(o.dropout));
     conv2   = register_module(
           "conv2", torch::nn::Conv2d(Conv2dOptions(o.out_channels, o.out_channels, 3).padding(1)));

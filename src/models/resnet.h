@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "models/activations.h"
+#include "models/normalization.h"
 
 namespace t2i::models {
 
@@ -29,10 +30,10 @@ struct ResnetBlock2DImpl : torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb = {});
 
     ResnetBlock2DOptions options;
-    torch::nn::GroupNorm norm1{nullptr};       // [Cin]
+    AutocastGroupNorm norm1{nullptr};          // [Cin]
     torch::nn::Conv2d conv1{nullptr};          // [Cout, Cin, 3, 3]
     torch::nn::Linear time_emb_proj{nullptr};  // [Cout or 2 Cout, T]
-    torch::nn::GroupNorm norm2{nullptr};       // [Cout]
+    AutocastGroupNorm norm2{nullptr};          // [Cout]
     torch::nn::Dropout dropout{nullptr};
     torch::nn::Conv2d conv2{nullptr};          // [Cout, Cout, 3, 3]
     torch::nn::Conv2d conv_shortcut{nullptr};  // [Cout, Cin, 1, 1] when Cin != Cout

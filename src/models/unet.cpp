@@ -176,13 +176,22 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
     if (cfg.norm_num_groups > 0)
         conv_norm_out = register_module(
             "conv_norm_out",
-            torch::nn::GroupNorm(
+            AutocastGroupNorm(
                 torch::nn::GroupNormOptions(cfg.norm_num_groups, ch[0]).eps(cfg.norm_eps)));
     conv_out = register_module(
         "conv_out",
         torch::nn::Conv2d(torch::nn::Conv2dOptions(ch[0], cfg.out_channels, cfg.conv_out_kernel)
                               .padding((cfg.conv_out_kernel - 1) / 2)));
 }
+
+void UNet2DConditionModelImpl::enable_gradient_checkpointing(bool enable) {
+    gradient_checkpointing = enable;
+    for (const auto& block : *down_blocks) block->as<DownBlock>()->gradient_checkpointing = enable;
+    if (mid_block) mid_block->gradient_checkpointing = enable;
+    for (const auto& block : *up_blocks) block->as<UpBlock>()->gradient_checkpointing = enable;
+}
+
+bool UNet2DConditionModelImpl::is_gradient_checkpointing() const { return gradient_checkpointing; }
 
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample_in,
                                                 const torch::Tensor& timestep,

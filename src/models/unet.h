@@ -66,7 +66,15 @@ struct UNet2DConditionModelImpl : torch::nn::Module {
                           const torch::Tensor& encoder_hidden_states,
                           ActivationMap* activations = nullptr);
 
+    // diffusers' enable_gradient_checkpointing() / disable_gradient_checkpointing(): while the
+    // model is in training mode and grad is enabled, every resnet and Transformer2DModel call in
+    // the down / mid / up blocks keeps only its inputs and is recomputed in backward (the same
+    // gradients for about one extra forward pass, with far fewer stored activations).
+    void enable_gradient_checkpointing(bool enable = true);
+    bool is_gradient_checkpointing() const;
+
     UNet2DConditionConfig config;
+    bool gradient_checkpointing = false;  // mirrored into the blocks; not part of the config
     Activation act;
     int64_t num_upsamplers = 0;
     Timesteps time_proj{nullptr};
@@ -75,8 +83,8 @@ struct UNet2DConditionModelImpl : torch::nn::Module {
     torch::nn::ModuleList down_blocks{nullptr};
     MidBlock mid_block{nullptr};
     torch::nn::ModuleList up_blocks{nullptr};
-    torch::nn::GroupNorm conv_norm_out{nullptr};  // [C0]
-    torch::nn::Conv2d conv_out{nullptr};          // [Cout, C0, k, k]
+    AutocastGroupNorm conv_norm_out{nullptr};  // [C0]
+    torch::nn::Conv2d conv_out{nullptr};       // [Cout, C0, k, k]
 };
 TORCH_MODULE(UNet2DConditionModel);
 

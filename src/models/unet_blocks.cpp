@@ -1,6 +1,8 @@
 // Implements: models/unet_blocks.h.
 #include "models/unet_blocks.h"
 
+#include "util/checkpoint.h"
+
 namespace t2i::models {
 
 namespace {
@@ -48,11 +50,37 @@ Attention make_vae_attention(const BlockOptions& o, int64_t channels) {
     return Attention(a);
 }
 
+// `resnet(hidden_states, temb)`, or, when training with gradient checkpointing, diffusers'
+// `torch.utils.checkpoint.checkpoint(resnet, hidden_states, temb)`: its activations are
+// recomputed in backward instead of stored.
+torch::Tensor resnet_forward(const std::shared_ptr<ResnetBlock2DImpl>& resnet,
+                             const torch::Tensor& h, const torch::Tensor& temb,
+                             bool checkpointing) {
+    if (!checkpointing) return resnet->forward(h, temb);
+    return checkpoint(
+        [resnet](const std::vector<torch::Tensor>& in) { return resnet->forward(in[0], in[1]); },
+        {h, temb}, resnet->parameters());
+}
+
+// `attn(hidden_states, encoder_hidden_states)`, checkpointed the same way. (diffusers >= 0.13
+// instead checkpoints each BasicTransformerBlock inside Transformer2DModel; with one block per
+// Transformer2DModel, as in SD, checkpointing the whole call stores strictly less.)
+torch::Tensor transformer_forward(const std::shared_ptr<Transformer2DModelImpl>& attn,
+                                  const torch::Tensor& h, const torch::Tensor& context,
+                                  bool checkpointing) {
+    if (!checkpointing) return attn->forward(h, context);
+    return checkpoint(
+        [attn](const std::vector<torch::Tensor>& in) { return attn->forward(in[0], in[1]); },
+        {h, context}, attn->parameters());
+}
+
 }  // namespace
 
 DownBlockImpl::DownBlockImpl(const BlockOptions& o) {
-    resnets = register_module("resnets", torch::nn::ModuleList());
+    // attentions before resnets: diffusers registers them in this order, so named_parameters()
+    // (and everything ordered by it) lists parameters as diffusers does.
     if (o.has_cross_attention) attentions = register_module("attentions", torch::nn::ModuleList());
+    resnets = register_module("resnets", torch::nn::ModuleList());
     for (int64_t i = 0; i < o.num_layers; ++i) {
         resnets->push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
         if (o.has_cross_attention) attentions->push_back(make_transformer(o, o.out_channels));
@@ -66,10 +94,12 @@ DownBlockImpl::DownBlockImpl(const BlockOptions& o) {
 torch::Tensor DownBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& temb,
                                      const torch::Tensor& context,
                                      std::vector<torch::Tensor>* res_samples) {
-    auto h = x;
+    const bool ckpt = gradient_checkpointing && is_training();
+    auto h          = x;
     for (size_t i = 0; i < resnets->size(); ++i) {
-        h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);  // [N, C, H, W]
-        if (attentions) h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
+        h = resnet_forward(resnets->ptr<ResnetBlock2DImpl>(i), h, temb, ckpt);  // [N, C, H, W]
+        if (attentions)
+            h = transformer_forward(attentions->ptr<Transformer2DModelImpl>(i), h, context, ckpt);
         if (res_samples) res_samples->push_back(h);
     }
     if (downsamplers) {
@@ -80,8 +110,8 @@ torch::Tensor DownBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
 }
 
 MidBlockImpl::MidBlockImpl(const BlockOptions& o) : has_cross_attention(o.has_cross_attention) {
-    resnets    = register_module("resnets", torch::nn::ModuleList());
     attentions = register_module("attentions", torch::nn::ModuleList());
+    resnets    = register_module("resnets", torch::nn::ModuleList());
     resnets->push_back(make_resnet(o, o.in_channels, o.in_channels));
     // Without attention (VAE mid_block_add_attention false) diffusers still adds the resnets.
     for (int64_t i = 0; i < o.num_layers; ++i) {
@@ -95,22 +125,24 @@ MidBlockImpl::MidBlockImpl(const BlockOptions& o) : has_cross_attention(o.has_cr
 
 torch::Tensor MidBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& temb,
                                     const torch::Tensor& context) {
-    auto h = resnets[0]->as<ResnetBlock2D>()->forward(x, temb);
+    const bool ckpt = gradient_checkpointing && is_training();
+    auto h          = resnet_forward(resnets->ptr<ResnetBlock2DImpl>(0), x, temb, ckpt);
     for (size_t i = 1; i < resnets->size(); ++i) {
         if (i - 1 < attentions->size()) {
             if (has_cross_attention)
-                h = attentions[i - 1]->as<Transformer2DModel>()->forward(h, context);
+                h = transformer_forward(attentions->ptr<Transformer2DModelImpl>(i - 1), h, context,
+                                        ckpt);
             else
                 h = attentions[i - 1]->as<Attention>()->forward(h);
         }
-        h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
+        h = resnet_forward(resnets->ptr<ResnetBlock2DImpl>(i), h, temb, ckpt);
     }
     return h;
 }
 
 UpBlockImpl::UpBlockImpl(const BlockOptions& o) {
-    resnets = register_module("resnets", torch::nn::ModuleList());
     if (o.has_cross_attention) attentions = register_module("attentions", torch::nn::ModuleList());
+    resnets = register_module("resnets", torch::nn::ModuleList());
     for (int64_t i = 0; i < o.num_layers; ++i) {
         const int64_t res_skip  = (i == o.num_layers - 1) ? o.in_channels : o.out_channels;
         const int64_t resnet_in = (i == 0) ? o.prev_output_channel : o.out_channels;
@@ -126,13 +158,15 @@ UpBlockImpl::UpBlockImpl(const BlockOptions& o) {
 torch::Tensor UpBlockImpl::forward(const torch::Tensor& x, std::vector<torch::Tensor>* res_samples,
                                    const torch::Tensor& temb, const torch::Tensor& context,
                                    c10::optional<std::vector<int64_t>> upsample_size) {
-    auto h = x;
+    const bool ckpt = gradient_checkpointing && is_training();
+    auto h          = x;
     for (size_t i = 0; i < resnets->size(); ++i) {
         auto skip = res_samples->back();
         res_samples->pop_back();
         h = torch::cat({h, skip}, 1);  // [N, C + Cskip, H, W]
-        h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
-        if (attentions) h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
+        h = resnet_forward(resnets->ptr<ResnetBlock2DImpl>(i), h, temb, ckpt);
+        if (attentions)
+            h = transformer_forward(attentions->ptr<Transformer2DModelImpl>(i), h, context, ckpt);
     }
     if (upsamplers) h = upsamplers[0]->as<Upsample2D>()->forward(h, upsample_size);
     return h;

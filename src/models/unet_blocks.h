@@ -51,6 +51,7 @@ struct DownBlockImpl : torch::nn::Module {
     torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb,
                           const torch::Tensor& context, std::vector<torch::Tensor>* res_samples);
 
+    bool gradient_checkpointing = false;  // see UNet2DConditionModel::enable_gradient_checkpointing
     torch::nn::ModuleList resnets{nullptr};
     torch::nn::ModuleList attentions{nullptr};    // Transformer2DModel per resnet
     torch::nn::ModuleList downsamplers{nullptr};  // one Downsample2D
@@ -64,6 +65,7 @@ struct MidBlockImpl : torch::nn::Module {
                           const torch::Tensor& context);  // [N, C, H, W] -> same
 
     bool has_cross_attention;
+    bool gradient_checkpointing = false;
     torch::nn::ModuleList resnets{nullptr};
     torch::nn::ModuleList attentions{nullptr};
 };
@@ -77,6 +79,7 @@ struct UpBlockImpl : torch::nn::Module {
                           const torch::Tensor& temb, const torch::Tensor& context,
                           c10::optional<std::vector<int64_t>> upsample_size);
 
+    bool gradient_checkpointing = false;
     torch::nn::ModuleList resnets{nullptr};
     torch::nn::ModuleList attentions{nullptr};
     torch::nn::ModuleList upsamplers{nullptr};

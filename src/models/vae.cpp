@@ -87,7 +87,7 @@ EncoderImpl::EncoderImpl(const AutoencoderKLConfig& c)
     mid_block     = register_module("mid_block", vae_mid_block(c, act));
     conv_norm_out = register_module(
         "conv_norm_out",
-        torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch.back()).eps(1e-6)));
+        AutocastGroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch.back()).eps(1e-6)));
     conv_out = register_module("conv_out", conv3x3(ch.back(), 2 * c.latent_channels));  // double_z
 }
 
@@ -116,7 +116,7 @@ DecoderImpl::DecoderImpl(const AutoencoderKLConfig& c)
     }
     conv_norm_out = register_module(
         "conv_norm_out",
-        torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch[0]).eps(1e-6)));
+        AutocastGroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch[0]).eps(1e-6)));
     conv_out = register_module("conv_out", conv3x3(ch[0], c.out_channels));
 }
 

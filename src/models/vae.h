@@ -47,7 +47,7 @@ struct EncoderImpl : torch::nn::Module {
     torch::nn::Conv2d conv_in{nullptr};
     torch::nn::ModuleList down_blocks{nullptr};
     MidBlock mid_block{nullptr};
-    torch::nn::GroupNorm conv_norm_out{nullptr};
+    AutocastGroupNorm conv_norm_out{nullptr};
     torch::nn::Conv2d conv_out{nullptr};
 };
 TORCH_MODULE(Encoder);
@@ -61,7 +61,7 @@ struct DecoderImpl : torch::nn::Module {
     torch::nn::Conv2d conv_in{nullptr};
     MidBlock mid_block{nullptr};
     torch::nn::ModuleList up_blocks{nullptr};
-    torch::nn::GroupNorm conv_norm_out{nullptr};
+    AutocastGroupNorm conv_norm_out{nullptr};
     torch::nn::Conv2d conv_out{nullptr};
 };
 TORCH_MODULE(Decoder);
