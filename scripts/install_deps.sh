@@ -11,6 +11,7 @@ PACKAGES=(
   libgoogle-perftools-dev                       # tcmalloc_minimal: faster allocation in attention
   nlohmann-json3-dev                            # config.json, safetensors headers
   libicu-dev                                    # Unicode normalization and categories (tokenizer)
+  libpng-dev libjpeg-dev libwebp-dev pkg-config # image decoding (PNG, JPEG, WebP) and PNG output
   libgtest-dev                                  # tests
 )
 export DEBIAN_FRONTEND=noninteractive

@@ -36,6 +36,92 @@ void ArgParser::add_option(const std::string& name, int* target, const std::stri
          }});
 }
 
+namespace {
+
+int64_t parse_int(const std::string& name, const std::string& v) {
+    size_t pos = 0;
+    int64_t x  = 0;
+    try {
+        x = std::stoll(v, &pos);
+    } catch (const std::exception&) {
+        pos = 0;
+    }
+    if (v.empty() || pos != v.size())
+        throw UsageError("--" + name + ": expected an integer, got '" + v + "'");
+    return x;
+}
+
+double parse_double(const std::string& name, const std::string& v) {
+    size_t pos = 0;
+    double x   = 0;
+    try {
+        x = std::stod(v, &pos);
+    } catch (const std::exception&) {
+        pos = 0;
+    }
+    if (v.empty() || pos != v.size())
+        throw UsageError("--" + name + ": expected a number, got '" + v + "'");
+    return x;
+}
+
+std::string format_double(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+}  // namespace
+
+void ArgParser::add(bool& target, const std::string& name, const std::string& help) {
+    add_flag(name, &target, help);
+}
+
+void ArgParser::add(std::string& target, const std::string& name, const std::string& help) {
+    add_option(name, &target, "STR", help);
+}
+
+void ArgParser::add(int64_t& target, const std::string& name, const std::string& help) {
+    auto* t = &target;
+    specs_.push_back({name, "INT", help, std::to_string(target), true,
+                      [t, name](const std::string& v) { *t = parse_int(name, v); }});
+}
+
+void ArgParser::add(double& target, const std::string& name, const std::string& help) {
+    auto* t = &target;
+    specs_.push_back({name, "FLOAT", help, format_double(target), true,
+                      [t, name](const std::string& v) { *t = parse_double(name, v); }});
+}
+
+void ArgParser::add(std::optional<std::string>& target, const std::string& name,
+                    const std::string& help) {
+    auto* t = &target;
+    specs_.push_back(
+        {name, "STR", help, target.value_or(""), true, [t](const std::string& v) { *t = v; }});
+}
+
+void ArgParser::add(std::optional<int64_t>& target, const std::string& name,
+                    const std::string& help) {
+    auto* t = &target;
+    specs_.push_back({name, "INT", help, target ? std::to_string(*target) : "", true,
+                      [t, name](const std::string& v) { *t = parse_int(name, v); }});
+}
+
+void ArgParser::add(std::optional<double>& target, const std::string& name,
+                    const std::string& help) {
+    auto* t = &target;
+    specs_.push_back({name, "FLOAT", help, target ? format_double(*target) : "", true,
+                      [t, name](const std::string& v) { *t = parse_double(name, v); }});
+}
+
+void ArgParser::add(std::vector<std::string>& target, const std::string& name,
+                    const std::string& help) {
+    auto* t = &target;
+    Spec spec{
+        name, "STR [STR ...]", help, "", true, [t](const std::string& v) { t->push_back(v); }};
+    spec.is_list = true;
+    specs_.push_back(spec);
+}
+
 void ArgParser::add_choice(const std::string& name, std::string* target,
                            const std::vector<std::string>& choices, const std::string& help) {
     std::string list;
@@ -101,6 +187,18 @@ bool ArgParser::parse(const std::vector<std::string>& args) {
             value = args[++i];
         } else if (!spec->takes_value && has_value) {
             throw UsageError("--" + name + " is a switch and takes no value");
+        }
+        if (spec->is_list) {
+            // nargs="+": this value and every following one up to the next flag.
+            if (!has_value) --i;
+            size_t n = has_value ? 1 : 0;
+            if (has_value) spec->set(value);
+            while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) {
+                spec->set(args[++i]);
+                ++n;
+            }
+            if (n == 0) throw UsageError("--" + name + " needs at least one value");
+            continue;
         }
         spec->set(value);
     }

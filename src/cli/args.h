@@ -3,7 +3,9 @@
 // A bad flag or value throws UsageError, which main turns into exit code 2.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,6 +25,16 @@ class ArgParser {
                     const std::string& help);
     void add_option(const std::string& name, int* target, const std::string& metavar,
                     const std::string& help);
+    // Typed options for flag tables (training/train_config.h): `add(field, name, help)`.
+    void add(bool& target, const std::string& name, const std::string& help);
+    void add(std::string& target, const std::string& name, const std::string& help);
+    void add(int64_t& target, const std::string& name, const std::string& help);
+    void add(double& target, const std::string& name, const std::string& help);
+    void add(std::optional<std::string>& target, const std::string& name, const std::string& help);
+    void add(std::optional<int64_t>& target, const std::string& name, const std::string& help);
+    void add(std::optional<double>& target, const std::string& name, const std::string& help);
+    // One or more values: `--name a b c` (up to the next flag).
+    void add(std::vector<std::string>& target, const std::string& name, const std::string& help);
     // A string option whose value must be one of `choices`.
     void add_choice(const std::string& name, std::string* target,
                     const std::vector<std::string>& choices, const std::string& help);
@@ -39,6 +51,7 @@ class ArgParser {
         std::string name, metavar, help, default_text;
         bool takes_value;
         std::function<void(const std::string& value)> set;
+        bool is_list = false;
     };
     const Spec* find(const std::string& name) const;
 

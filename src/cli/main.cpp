@@ -22,6 +22,12 @@ const Command kCommands[] = {
      "Summarize a model folder in diffusers layout (components, configs, parameters, dtypes)."},
     {"tokenize", t2i::cli::tokenize_command,
      "Print the CLIP token ids of prompts as JSON lines, exactly as transformers computes them."},
+    {"train", t2i::cli::train_command,
+     "Fine-tune a Stable Diffusion UNet as diffusers' train_text_to_image.py (same flags)."},
+    {"init-model", t2i::cli::init_model_command,
+     "Write a freshly initialized SD model folder in diffusers layout (tiny, small, sd15)."},
+    {"demo-data", t2i::cli::demo_data_command,
+     "Write a small synthetic captioned image dataset (imagefolder + metadata.jsonl)."},
 };
 
 void print_usage(std::FILE* out) {

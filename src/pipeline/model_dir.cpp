@@ -1,6 +1,9 @@
 // Implements: pipeline/model_dir.h.
 #include "pipeline/model_dir.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <set>
 #include <stdexcept>
@@ -155,6 +158,57 @@ models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOption
     finish_load(text_encoder, find_weight_files(dir, "model", options.variant), "text_encoder",
                 options);
     return text_encoder;
+}
+
+namespace {
+void fsync_path(const std::string& path, bool dir) {
+    const int fd = ::open(path.c_str(), (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ::fsync(fd);
+        ::close(fd);
+    }
+}
+}  // namespace
+
+void move_dir_into_place(const std::string& tmp, const std::string& dest) {
+    const std::string parent = fs::path(dest).parent_path().string();
+    if (fs::exists(dest)) {
+        const std::string old = dest + ".old-" + std::to_string(::getpid());
+        fs::rename(dest, old);
+        fs::rename(tmp, dest);
+        fs::remove_all(old);
+    } else {
+        fs::rename(tmp, dest);
+    }
+    fsync_path(parent.empty() ? "." : parent, true);
+}
+
+void copy_component(const std::string& src_dir, const std::string& dest_dir,
+                    const std::string& variant) {
+    if (!io::dir_exists(src_dir))
+        throw std::runtime_error("component folder '" + src_dir + "' does not exist");
+    const std::string tmp = dest_dir + ".tmp-" + std::to_string(::getpid());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    const std::string tag = variant.empty() ? "" : "." + variant + ".";
+    for (const auto& e : fs::directory_iterator(src_dir)) {
+        if (!e.is_regular_file()) continue;
+        std::string name      = e.path().filename().string();
+        const bool is_weights = name.find(".safetensors") != std::string::npos ||
+                                name.find(".bin") != std::string::npos;
+        const bool is_variant = !tag.empty() && name.find(tag) != std::string::npos;
+        if (!tag.empty() && is_weights) {
+            if (!is_variant) continue;  // the variant replaces the plain weights
+            name.erase(name.find(tag),
+                       tag.size() - 1);  // model.fp16.safetensors -> model.safetensors
+        } else if (is_weights && name.find(".bin") != std::string::npos) {
+            continue;  // pickles are never copied
+        }
+        fs::copy_file(e.path(), tmp + "/" + name, fs::copy_options::overwrite_existing);
+        fsync_path(tmp + "/" + name, false);
+    }
+    fsync_path(tmp, true);
+    move_dir_into_place(tmp, dest_dir);
 }
 
 }  // namespace t2i::pipeline

@@ -49,4 +49,15 @@ models::CLIPTextModel load_text_encoder(const std::string& component_dir,
 // Throws a clear error when `path` is not a local diffusers folder (for example a Hub id).
 void check_model_dir(const std::string& path);
 
+// Copies one component folder (config + weights, tokenizer or scheduler files) from a base
+// model to `dest`, written under a temporary name and renamed into place. With a variant, only
+// that variant's weight files are copied and they are renamed to the plain names, so the result
+// loads without --variant.
+void copy_component(const std::string& src_dir, const std::string& dest_dir,
+                    const std::string& variant = "");
+
+// Replaces folder `dest` by the finished folder `tmp` with renames only: a crash at any point
+// leaves either the old or the new folder complete.
+void move_dir_into_place(const std::string& tmp, const std::string& dest);
+
 }  // namespace t2i::pipeline

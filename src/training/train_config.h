@@ -1,0 +1,216 @@
+// Implements: TrainConfig, every flag of diffusers' examples/text_to_image/train_text_to_image.py
+// (same names, same defaults; REFERENCE.md section 1) plus t2i's additions, declared ONCE in
+// visit_flags(). That one table drives parsing, --help, validation messages and the saved
+// train_config.json (gemma.cpp's visitor pattern).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace t2i::training {
+
+// A bad flag value or combination; the CLI reports it with exit code 2.
+struct FlagError : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+struct TrainConfig {
+    // Model
+    std::string pretrained_model_name_or_path;
+    std::optional<std::string> revision;
+    std::optional<std::string> variant;
+    std::optional<std::string> non_ema_revision;
+    std::optional<std::string> prediction_type;
+    bool enable_xformers_memory_efficient_attention = false;
+    // Data
+    std::optional<std::string> dataset_name;
+    std::optional<std::string> dataset_config_name;
+    std::optional<std::string> train_data_dir;
+    std::string image_column   = "image";
+    std::string caption_column = "text";
+    std::optional<int64_t> max_train_samples;
+    std::optional<std::string> cache_dir;
+    int64_t dataloader_num_workers = 0;
+    // Preprocessing
+    int64_t resolution                   = 512;
+    bool center_crop                     = false;
+    bool random_flip                     = false;
+    std::string image_interpolation_mode = "lanczos";
+    // Training loop
+    int64_t train_batch_size = 16;
+    int64_t num_train_epochs = 100;
+    std::optional<int64_t> max_train_steps;
+    int64_t gradient_accumulation_steps = 1;
+    bool gradient_checkpointing         = false;
+    std::optional<int64_t> seed;
+    double input_perturbation = 0.0;
+    double noise_offset       = 0.0;
+    std::optional<double> snr_gamma;
+    bool dream_training              = false;
+    double dream_detail_preservation = 1.0;
+    bool allow_tf32                  = false;
+    // Optimizer
+    double learning_rate     = 1e-4;
+    bool scale_lr            = false;
+    bool use_8bit_adam       = false;
+    double adam_beta1        = 0.9;
+    double adam_beta2        = 0.999;
+    double adam_weight_decay = 1e-2;
+    double adam_epsilon      = 1e-8;
+    double max_grad_norm     = 1.0;
+    // LR schedule
+    std::string lr_scheduler = "constant";
+    int64_t lr_warmup_steps  = 500;
+    // EMA
+    bool use_ema     = false;
+    bool offload_ema = false;
+    bool foreach_ema = false;
+    // Mixed precision / hardware
+    std::optional<std::string> mixed_precision;
+    int64_t local_rank = -1;
+    // Checkpointing
+    std::string output_dir      = "sd-model-finetuned";
+    int64_t checkpointing_steps = 500;
+    std::optional<int64_t> checkpoints_total_limit;
+    std::optional<std::string> resume_from_checkpoint;
+    // Validation
+    std::vector<std::string> validation_prompts;
+    int64_t validation_epochs = 5;
+    // Logging / Hub
+    std::string report_to            = "tensorboard";
+    std::string logging_dir          = "logs";
+    std::string tracker_project_name = "text2image-fine-tune";
+    bool push_to_hub                 = false;
+    std::optional<std::string> hub_token;
+    std::optional<std::string> hub_model_id;
+    // t2i additions
+    int64_t num_threads    = 0;  // 0 = all cores
+    std::string device     = "cpu";
+    bool skip_bad_samples  = false;
+    int64_t logging_steps  = 1;
+    std::string text_clean = "ftfy";
+    std::optional<int64_t> stop_after_steps;
+
+    // Rejects bad values and impossible combinations before any work starts; each message names
+    // the flag, the accepted values and what was given.
+    void validate() const;
+    // Every flag with its effective value (the saved train_config.json).
+    nlohmann::json to_json() const;
+};
+
+// Calls `visit(field, name, help)` for every flag in declaration order. `field` is a reference to
+// the member: std::string, int64_t, double, bool (switch), std::optional<...> or
+// std::vector<std::string> (one or more values).
+template <typename Config, typename Visitor>
+void visit_flags(Config& c, Visitor&& v) {
+    // Model
+    v(c.pretrained_model_name_or_path, "pretrained_model_name_or_path",
+      "Local folder of a model in diffusers layout (model_index.json, unet/, vae/, text_encoder/, "
+      "tokenizer/, scheduler/). Required. Hub ids are not downloaded: t2i works offline.");
+    v(c.revision, "revision", "Hub revision. Not supported (t2i reads local folders).");
+    v(c.variant, "variant",
+      "Weight file variant of the model files, e.g. fp16 (*.fp16.safetensors).");
+    v(c.non_ema_revision, "non_ema_revision", "Hub revision of the non-EMA UNet. Not supported.");
+    v(c.prediction_type, "prediction_type",
+      "epsilon or v_prediction. Default: the model scheduler's prediction_type. t2i also writes it "
+      "into the saved scheduler config (the original does not).");
+    v(c.enable_xformers_memory_efficient_attention, "enable_xformers_memory_efficient_attention",
+      "Accepted for compatibility; t2i picks its attention kernel itself.");
+    // Data
+    v(c.dataset_name, "dataset_name",
+      "A local dataset: a folder (imagefolder with metadata.jsonl/.csv, or images with "
+      ".txt/.caption "
+      "sidecars) or a .json/.jsonl file of records. Hub ids are not downloaded.");
+    v(c.dataset_config_name, "dataset_config_name", "Config of a Hub dataset. Not supported.");
+    v(c.train_data_dir, "train_data_dir",
+      "Folder of training images with metadata.jsonl / metadata.csv (file_name + caption column) "
+      "or .txt / .caption sidecar captions. Ignored when --dataset_name is given.");
+    v(c.image_column, "image_column", "Column holding the image (path).");
+    v(c.caption_column, "caption_column", "Column holding the caption (a string or a list).");
+    v(c.max_train_samples, "max_train_samples",
+      "Use only the first N samples after a seeded shuffle.");
+    v(c.cache_dir, "cache_dir", "Hub cache folder. Unused (no downloads).");
+    v(c.dataloader_num_workers, "dataloader_num_workers",
+      "Threads that decode and transform images (0 = in the training thread).");
+    // Preprocessing
+    v(c.resolution, "resolution",
+      "Images are resized (shorter side) and cropped to this square size.");
+    v(c.center_crop, "center_crop", "Center crop instead of a random crop.");
+    v(c.random_flip, "random_flip", "Flip images horizontally with probability 0.5.");
+    v(c.image_interpolation_mode, "image_interpolation_mode",
+      "Resize filter: nearest, nearest_exact, bilinear, bicubic, box, hamming, lanczos.");
+    // Training loop
+    v(c.train_batch_size, "train_batch_size", "Batch size per device.");
+    v(c.num_train_epochs, "num_train_epochs",
+      "Epochs (recomputed when --max_train_steps is given).");
+    v(c.max_train_steps, "max_train_steps", "Total optimizer steps; overrides --num_train_epochs.");
+    v(c.gradient_accumulation_steps, "gradient_accumulation_steps",
+      "Micro-batches per optimizer step.");
+    v(c.gradient_checkpointing, "gradient_checkpointing",
+      "Recompute activations in backward: less memory, same gradients, slower.");
+    v(c.seed, "seed", "Seed for reproducible training (default: random).");
+    v(c.input_perturbation, "input_perturbation", "Input perturbation scale (recommended 0.1).");
+    v(c.noise_offset, "noise_offset", "Offset noise scale.");
+    v(c.snr_gamma, "snr_gamma", "Min-SNR-gamma loss weighting (recommended 5.0).");
+    v(c.dream_training, "dream_training", "DREAM training (one extra UNet forward per step).");
+    v(c.dream_detail_preservation, "dream_detail_preservation", "DREAM exponent p.");
+    v(c.allow_tf32, "allow_tf32", "Allow TF32 matmuls on Ampere+ GPUs.");
+    // Optimizer
+    v(c.learning_rate, "learning_rate", "Peak learning rate.");
+    v(c.scale_lr, "scale_lr", "Multiply the LR by accumulation steps x batch size x processes.");
+    v(c.use_8bit_adam, "use_8bit_adam",
+      "Block-wise 8-bit AdamW state (t2i's own; ~2 bytes of state per parameter).");
+    v(c.adam_beta1, "adam_beta1", "AdamW beta1.");
+    v(c.adam_beta2, "adam_beta2", "AdamW beta2.");
+    v(c.adam_weight_decay, "adam_weight_decay", "Decoupled weight decay (all UNet parameters).");
+    v(c.adam_epsilon, "adam_epsilon", "AdamW epsilon.");
+    v(c.max_grad_norm, "max_grad_norm", "Clip the gradient norm to this value.");
+    // LR schedule
+    v(c.lr_scheduler, "lr_scheduler",
+      "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.");
+    v(c.lr_warmup_steps, "lr_warmup_steps",
+      "Warmup steps (ignored by 'constant', with a warning).");
+    // EMA
+    v(c.use_ema, "use_ema",
+      "Keep an exponential moving average of the UNet; it is the saved model.");
+    v(c.offload_ema, "offload_ema", "Keep the EMA weights in CPU memory.");
+    v(c.foreach_ema, "foreach_ema", "Fused multi-tensor EMA update.");
+    // Mixed precision / hardware
+    v(c.mixed_precision, "mixed_precision",
+      "no, fp16 or bf16: autocast for the UNet, VAE and text encoder cast to that dtype.");
+    v(c.local_rank, "local_rank", "Set by launchers; LOCAL_RANK from the environment wins.");
+    // Checkpointing
+    v(c.output_dir, "output_dir", "Where checkpoints and the final model are written.");
+    v(c.checkpointing_steps, "checkpointing_steps",
+      "Write checkpoint-<step>/ every N optimizer steps.");
+    v(c.checkpoints_total_limit, "checkpoints_total_limit", "Keep at most N checkpoints.");
+    v(c.resume_from_checkpoint, "resume_from_checkpoint",
+      "latest, checkpoint-N (inside --output_dir) or a path to a checkpoint folder.");
+    // Validation
+    v(c.validation_prompts, "validation_prompts", "Prompts for validation images (one or more).");
+    v(c.validation_epochs, "validation_epochs", "Validate every N epochs.");
+    // Logging / Hub
+    v(c.report_to, "report_to", "tensorboard, jsonl or none (wandb / comet_ml need the network).");
+    v(c.logging_dir, "logging_dir", "Log folder, relative to --output_dir.");
+    v(c.tracker_project_name, "tracker_project_name", "Run name in the logs.");
+    v(c.push_to_hub, "push_to_hub", "Not supported (t2i works offline).");
+    v(c.hub_token, "hub_token", "Not supported (t2i works offline).");
+    v(c.hub_model_id, "hub_model_id", "Not supported (t2i works offline).");
+    // t2i additions
+    v(c.num_threads, "num_threads", "t2i: CPU threads for tensor math (0 = all cores).");
+    v(c.device, "device", "t2i: cpu or cuda[:N].");
+    v(c.skip_bad_samples, "skip_bad_samples",
+      "t2i: skip unreadable images (and report how many) instead of stopping.");
+    v(c.logging_steps, "logging_steps",
+      "t2i: one log line every N optimizer steps off a terminal.");
+    v(c.text_clean, "text_clean",
+      "t2i: caption cleaning like transformers with ftfy installed (ftfy) or without (basic).");
+    v(c.stop_after_steps, "stop_after_steps",
+      "t2i: stop after this many optimizer steps in this process, as Ctrl-C does (checkpoint, "
+      "then resume with --resume_from_checkpoint latest); for time-limited job slots.");
+}
+
+}  // namespace t2i::training

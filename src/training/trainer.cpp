@@ -1,0 +1,349 @@
+// Implements: training/trainer.h. Mirrors the body of diffusers'
+// examples/text_to_image/train_text_to_image.py main(): load, prepare data, then the loop; the
+// numbered stages follow the script. Differences (REFERENCE.md section 5): resume continues with
+// the exact next batch, checkpoints are written whole, the saved VAE / text encoder keep their
+// original precision and the saved scheduler gets the effective prediction_type.
+#include "training/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <random>
+
+#include "data/loader.h"
+#include "io/file_util.h"
+#include "io/json_config.h"
+#include "pipeline/model_dir.h"
+#include "schedulers/ddpm.h"
+#include "tokenizer/clip_tokenizer.h"
+#include "training/checkpoint.h"
+#include "training/ema.h"
+#include "training/loss.h"
+#include "training/lr_schedule.h"
+#include "training/optimizer.h"
+#include "training/progress.h"
+#include "util/autocast.h"
+#include "util/grad_scaler.h"
+#include "util/log.h"
+#include "util/torch_compat.h"
+
+namespace t2i::training {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+    g_stop_signal = sig;
+    std::signal(sig, SIG_DFL);  // a second Ctrl-C stops immediately
+}
+
+// Ctrl-C / SIGTERM finish the current optimizer step, write a checkpoint and return.
+struct StopSignals {
+    StopSignals() {
+        g_stop_signal = 0;
+        std::signal(SIGINT, on_stop_signal);
+        std::signal(SIGTERM, on_stop_signal);
+    }
+    ~StopSignals() {
+        std::signal(SIGINT, SIG_DFL);
+        std::signal(SIGTERM, SIG_DFL);
+    }
+};
+
+torch::ScalarType weight_dtype_of(const TrainConfig& c) {
+    if (c.mixed_precision == "fp16") return torch::kFloat16;
+    if (c.mixed_precision == "bf16") return torch::kBFloat16;
+    return torch::kFloat32;
+}
+
+data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {
+    data::DatasetConfig d;
+    d.dataset_name            = c.dataset_name.value_or("");
+    d.train_data_dir          = c.dataset_name ? "" : c.train_data_dir.value_or("");
+    d.image_column            = c.image_column;
+    d.caption_column          = c.caption_column;
+    d.max_train_samples       = c.max_train_samples.value_or(-1);
+    d.seed                    = seed;
+    d.transform.resolution    = c.resolution;
+    d.transform.center_crop   = c.center_crop;
+    d.transform.random_flip   = c.random_flip;
+    d.transform.interpolation = data::parse_interpolation_mode(c.image_interpolation_mode);
+    d.text_clean              = tokenizer::parse_clean_mode(c.text_clean);
+    return d;
+}
+
+LossConfig loss_config(const TrainConfig& c) {
+    LossConfig l;
+    l.prediction_type           = c.prediction_type.value_or("");
+    l.noise_offset              = c.noise_offset;
+    l.input_perturbation        = c.input_perturbation;
+    l.snr_gamma                 = c.snr_gamma.value_or(0.0);
+    l.dream_training            = c.dream_training;
+    l.dream_detail_preservation = c.dream_detail_preservation;
+    return l;
+}
+
+// The trained UNet comes without --variant, as in the script; a folder with only variant files
+// falls back to them.
+models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const TrainConfig& c,
+                                                 torch::Device device) {
+    pipeline::LoadOptions o;
+    o.device = device;
+    try {
+        return pipeline::load_unet(dir, o);
+    } catch (const std::exception&) {
+        if (!c.variant) throw;
+        o.variant = *c.variant;
+        return pipeline::load_unet(dir, o);
+    }
+}
+
+// Final pipeline folder: the trained (EMA) UNet plus the base model's other components copied
+// unchanged (original precision), the scheduler config with the effective prediction_type.
+void save_final_model(const TrainConfig& c, const models::UNet2DConditionModel& unet,
+                      const std::string& prediction_type) {
+    const std::string& base = c.pretrained_model_name_or_path;
+    const std::string& out  = c.output_dir;
+    const auto index        = pipeline::read_model_index(base);
+    const std::string pid   = std::to_string(::getpid());
+    for (const auto& [name, lib_cls] : index.components) {
+        if (name == "unet" || name == "scheduler" || !io::dir_exists(base + "/" + name)) continue;
+        const bool has_weights = name == "vae" || name == "text_encoder";
+        pipeline::copy_component(base + "/" + name, out + "/" + name,
+                                 has_weights ? c.variant.value_or("") : "");
+    }
+    // scheduler: the base inference scheduler's config with the prediction type trained for.
+    auto sched                  = io::read_json(base + "/scheduler/scheduler_config.json").json();
+    sched["prediction_type"]    = prediction_type;
+    const std::string sched_tmp = out + "/scheduler.tmp-" + pid;
+    fs::create_directories(sched_tmp);
+    io::write_text_atomic(sched_tmp + "/scheduler_config.json", sched.dump(2) + "\n");
+    pipeline::move_dir_into_place(sched_tmp, out + "/scheduler");
+    const std::string unet_tmp = out + "/unet.tmp-" + pid;
+    save_unet_folder(unet_tmp, *unet, unet->config.raw);
+    pipeline::move_dir_into_place(unet_tmp, out + "/unet");
+    // model_index.json last: its presence means the folder is complete.
+    io::write_text_atomic(out + "/model_index.json", index.raw.json().dump(2) + "\n");
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& c) {
+    // 0. Setup: validate everything before any work, threads, seed, device.
+    c.validate();
+    set_num_threads(static_cast<int>(c.num_threads));
+    const torch::Device device(c.device);
+    if (device.is_cpu() && c.mixed_precision == "fp16")
+        throw FlagError(
+            "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
+    const uint64_t seed     = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
+    const std::string& base = c.pretrained_model_name_or_path;
+    pipeline::check_model_dir(base);
+    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
+        log_warn(
+            "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
+            "use constant_with_warmup to warm up",
+            (long long)c.lr_warmup_steps);
+    if (!c.validation_prompts.empty())
+        log_warn(
+            "--validation_prompts: validation images are not implemented yet; training "
+            "continues without them");
+    if ((c.offload_ema || c.foreach_ema) && !c.use_ema)
+        log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
+
+    // 1. Tokenizer and data first, so a bad column or folder fails before the models load.
+    auto tokenizer = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
+    auto dataset   = std::make_shared<const data::CaptionDataset>(
+        data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
+    data::LoaderConfig lc;
+    lc.batch_size       = c.train_batch_size;
+    lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
+    lc.seed             = seed;
+    lc.skip_bad_samples = c.skip_bad_samples;
+    data::DataLoader loader(dataset, lc);
+
+    // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
+    //    UNet trains in fp32.
+    schedulers::DDPMScheduler noise_scheduler(schedulers::SchedulerConfig::from_json(
+        io::read_json(base + "/scheduler/scheduler_config.json")));
+    pipeline::LoadOptions frozen;
+    frozen.variant    = c.variant.value_or("");
+    frozen.dtype      = weight_dtype_of(c);
+    frozen.device     = device;
+    auto text_encoder = pipeline::load_text_encoder(base + "/text_encoder", frozen);
+    auto vae          = pipeline::load_vae(base + "/vae", frozen);
+    for (auto& p : text_encoder->parameters()) p.requires_grad_(false);
+    for (auto& p : vae->parameters()) p.requires_grad_(false);
+    auto unet = load_trainable_unet(base + "/unet", c, device);
+    unet->train();
+    if (c.gradient_checkpointing) unet->enable_gradient_checkpointing(true);
+    if (c.allow_tf32 && device.is_cuda()) {
+        at::globalContext().setAllowTF32CuBLAS(true);
+        at::globalContext().setAllowTF32CuDNN(true);
+    }
+    // fp16 needs loss scaling (accelerate's GradScaler); bf16 and fp32 do not.
+    GradScalerOptions scaler_options;
+    scaler_options.enabled = weight_dtype_of(c) == torch::kFloat16;
+    GradScaler scaler(scaler_options);
+    if (c.resolution % vae->config.vae_scale_factor() != 0)
+        throw FlagError("--resolution " + std::to_string(c.resolution) +
+                        " is not a multiple of "
+                        "the VAE's scale factor " +
+                        std::to_string(vae->config.vae_scale_factor()));
+    const LossConfig loss_cfg         = loss_config(c);
+    const std::string prediction_type = effective_prediction_type(noise_scheduler, loss_cfg);
+    if (c.dream_training && prediction_type != "epsilon")
+        throw FlagError("--dream_training supports epsilon prediction only; the model predicts " +
+                        prediction_type);
+
+    // 3. Step accounting as the script: epochs are recomputed from max_train_steps.
+    const int64_t GA              = c.gradient_accumulation_steps;
+    const int64_t steps_per_epoch = (loader.batches_per_epoch() + GA - 1) / GA;
+    const int64_t max_steps  = c.max_train_steps.value_or(c.num_train_epochs * steps_per_epoch);
+    const int64_t num_epochs = (max_steps + steps_per_epoch - 1) / steps_per_epoch;
+    const double lr = c.learning_rate * (c.scale_lr ? double(GA * c.train_batch_size) : 1.0);
+
+    // 4. Optimizer, LR schedule (in optimizer steps), EMA, the generator of every random draw.
+    const auto params = unet->named_parameters();
+    auto optimizer =
+        make_adamw(params, {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon},
+                   c.use_8bit_adam);
+    LRScheduleConfig sc;
+    sc.name         = c.lr_scheduler;
+    sc.warmup_steps = c.lr_warmup_steps;
+    sc.total_steps  = max_steps;
+    LRSchedule schedule(sc, lr);
+    std::unique_ptr<EMAModel> ema;
+    if (c.use_ema) {
+        EMAConfig ec;
+        ec.foreach = c.foreach_ema;
+        ec.offload = c.offload_ema;
+        ema        = std::make_unique<EMAModel>(params, ec);
+    }
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+
+    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch.
+    int64_t global_step = 0;
+    if (c.resume_from_checkpoint) {
+        const auto path = resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir);
+        if (!path) {
+            log_info("no checkpoint in '%s'; starting a new run", c.output_dir.c_str());
+        } else {
+            const auto state = load_checkpoint(*path, unet, ema.get(), *optimizer, generator);
+            schedule.load_state(state.lr_schedule);
+            if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
+                scaler.load_state_dict(state.extra["grad_scaler"]);
+            loader.seek(state.loader.epoch, state.loader.batch);
+            global_step = state.global_step;
+            log_info("resumed from %s at step %lld", path->c_str(), (long long)global_step);
+        }
+    }
+    fs::create_directories(c.output_dir);
+    io::write_text_atomic(c.output_dir + "/train_config.json", c.to_json().dump(2) + "\n");
+    log_info(
+        "%lld samples, %lld batches/epoch, %lld epochs, %lld optimizer steps, batch %lld x "
+        "accumulation %lld, seed %llu",
+        (long long)dataset->size(), (long long)loader.batches_per_epoch(), (long long)num_epochs,
+        (long long)max_steps, (long long)c.train_batch_size, (long long)GA,
+        (unsigned long long)seed);
+
+    const std::string metrics =
+        c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";
+    ProgressReporter progress(max_steps, global_step, c.logging_steps, metrics);
+    StopSignals signals;
+    auto save = [&] {
+        TrainerState s;
+        s.global_step   = global_step;
+        s.loader        = loader.position();
+        s.lr_schedule   = schedule.state();
+        s.extra         = {{"skipped_samples", loader.skipped()}};
+        s.config        = c.to_json();
+        const auto path = save_checkpoint(c.output_dir, unet, ema.get(), *optimizer, generator, s,
+                                          c.checkpoints_total_limit);
+        progress.message("saved " + path);
+    };
+
+    const int64_t start_step = global_step;
+    std::vector<double> losses;  // for the end-of-run summary
+    // 6. The loop: one iteration = one optimizer step of GA micro-batches (fewer at the end of
+    //    an epoch, where accelerate syncs too).
+    while (global_step < max_steps) {
+        const auto t0 = std::chrono::steady_clock::now();
+        int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
+        double loss_sum = 0;
+        while (micro < GA) {
+            auto batch = loader.next();
+            if (!batch) {
+                if (micro > 0) break;  // end of epoch: sync with what was accumulated
+                continue;              // the next call starts the next epoch
+            }
+            epoch       = batch->epoch;
+            auto pixels = batch->pixel_values.to(device, frozen.dtype.value());
+            auto ids    = batch->input_ids.to(device);
+            auto draws  = draw_step_randoms(latent_shape(vae->config, pixels.sizes()),
+                                            noise_scheduler.config().num_train_timesteps, generator,
+                                            loss_cfg);
+            auto out    = compute_step(unet, vae, text_encoder, noise_scheduler, pixels, ids, draws,
+                                       loss_cfg);
+            (out.loss / static_cast<double>(GA)).backward();  // accelerate divides by GA
+            loss_sum += out.loss.item<double>();
+            samples += pixels.size(0);
+            ++micro;
+        }
+        // ---- optimizer step ----
+        std::vector<torch::Tensor> param_list;
+        for (const auto& p : params) param_list.push_back(p.value());
+        if (scaler.is_enabled()) scaler.unscale_(param_list);
+        const double grad_norm = clip_grad_norm(params, c.max_grad_norm).item<double>();
+        const double step_lr   = schedule.get_lr();
+        optimizer->set_lr(step_lr);
+        // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).
+        if (scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
+        scaler.update();
+        optimizer->zero_grad();
+        if (ema) ema->step(params);
+        ++global_step;
+        // ---- end of optimizer step ----
+        const double dt =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        losses.push_back(loss_sum / static_cast<double>(GA));
+        progress.update({global_step, epoch, losses.back(), step_lr, grad_norm, dt, samples / dt});
+
+        // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
+        const bool stop = g_stop_signal.load() != 0 ||
+                          (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
+        if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
+        if (stop && global_step < max_steps) {
+            progress.finish();
+            log_warn(
+                "stopped at step %lld (%s); continue with: t2i train <same flags> "
+                "--resume_from_checkpoint latest",
+                (long long)global_step, g_stop_signal.load() ? "signal" : "--stop_after_steps");
+            return TrainResult::kInterrupted;
+        }
+    }
+    progress.finish();
+    if (losses.size() >= 2) {
+        const size_t n = std::max<size_t>(1, losses.size() / 10);
+        double first = 0, last = 0;
+        for (size_t i = 0; i < n; ++i)
+            first += losses[i] / n, last += losses[losses.size() - 1 - i] / n;
+        log_info("train_loss: mean of the first %zu steps %.4f -> last %zu steps %.4f", n, first, n,
+                 last);
+    }
+    if (loader.skipped() > 0)
+        log_warn("skipped %lld unreadable samples", (long long)loader.skipped());
+
+    // 7. Save: EMA weights into the UNet, then the pipeline folder.
+    if (ema) ema->copy_to(params);
+    save_final_model(c, unet, prediction_type);
+    log_info("saved the trained model to %s", c.output_dir.c_str());
+    return TrainResult::kFinished;
+}
+
+}  // namespace t2i::training
