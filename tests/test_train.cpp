@@ -13,6 +13,7 @@
 #include "io/file_util.h"
 #include "io/image_io.h"
 #include "io/json_config.h"
+#include "io/tensorboard_reader.h"
 #include "models/weights.h"
 #include "pipeline/init_model.h"
 #include "pipeline/model_dir.h"
@@ -318,6 +319,82 @@ TEST(InitModel, TinyPresetWithTheGeneratedTokenizerTrains) {
     c.max_train_steps               = 2;
     EXPECT_EQ(training::train(c), training::TrainResult::kFinished);
     EXPECT_TRUE(io::file_exists(c.output_dir + "/model_index.json"));
+}
+
+}  // namespace
+}  // namespace t2i
+
+namespace t2i {
+namespace {
+
+TEST(Train, SigtermFinishesTheStepWritesACheckpointAndExits130) {
+    testing::TempDir dir;
+    const auto data       = make_dataset(dir);
+    const std::string out = dir.file("out");
+    const pid_t pid       = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::execl(T2I_BINARY, T2I_BINARY, "train", "--pretrained_model_name_or_path",
+                testing::fixture("tiny-sd1").c_str(), "--train_data_dir", data.c_str(),
+                "--output_dir", out.c_str(), "--resolution", "64", "--train_batch_size", "2",
+                "--max_train_steps", "100000", "--checkpointing_steps", "100000", "--seed", "1",
+                "--num_threads", "1", "--report_to", "none", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    // Wait until a few steps have run (the log would tell; polling the clock keeps this simple).
+    std::this_thread::sleep_for(std::chrono::milliseconds(4000));
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 130);
+    const auto checkpoints = training::list_checkpoints(out);
+    ASSERT_EQ(checkpoints.size(), 1u);
+    EXPECT_GT(checkpoints[0].first, 0);
+    EXPECT_FALSE(io::file_exists(out + "/model_index.json"));  // not finished: no final model
+}
+
+}  // namespace
+}  // namespace t2i
+
+namespace t2i {
+namespace {
+
+TEST(Train, ValidationImagesAndTensorBoardEventsAreWritten) {
+    testing::TempDir dir;
+    auto c               = tiny_config(dir, make_dataset(dir));
+    c.max_train_steps    = 3;
+    c.validation_prompts = {"a red fox", "a cat"};
+    c.validation_steps   = 2;
+    c.validation_epochs  = 100;
+    c.use_ema            = true;
+    c.report_to          = "tensorboard";
+    ASSERT_EQ(training::train(c), training::TrainResult::kFinished);
+    for (const char* name : {"0-a-red-fox.png", "1-a-cat.png"}) {
+        const auto img = io::decode_image(c.output_dir + "/validation/step-2/" + name);
+        EXPECT_EQ(img.sizes(), (std::vector<int64_t>{64, 64, 3})) << name;
+    }
+    std::string events;
+    for (const auto& e : fs::directory_iterator(c.output_dir + "/logs"))
+        if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events = e.path();
+    ASSERT_FALSE(events.empty());
+    const auto values = io::read_tensorboard_events(events);  // verifies every record's CRCs
+    std::vector<int64_t> loss_steps;
+    int images = 0, texts = 0;
+    for (const auto& v : values) {
+        if (v.kind == io::TensorBoardValue::Kind::kScalar && v.tag == "train_loss")
+            loss_steps.push_back(v.step);
+        if (v.kind == io::TensorBoardValue::Kind::kImage && v.tag == "validation") {
+            ++images;
+            EXPECT_EQ(v.step, 2);
+            EXPECT_EQ(v.height, 64);
+            EXPECT_EQ(v.width, 128);  // two 64x64 images side by side, as add_images' grid
+        }
+        if (v.kind == io::TensorBoardValue::Kind::kText) ++texts;
+    }
+    EXPECT_EQ(loss_steps, (std::vector<int64_t>{1, 2, 3}));
+    EXPECT_EQ(images, 1);
+    EXPECT_EQ(texts, 1);
 }
 
 }  // namespace

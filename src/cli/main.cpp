@@ -24,6 +24,8 @@ const Command kCommands[] = {
      "Print the CLIP token ids of prompts as JSON lines, exactly as transformers computes them."},
     {"train", t2i::cli::train_command,
      "Fine-tune a Stable Diffusion UNet as diffusers' train_text_to_image.py (same flags)."},
+    {"generate", t2i::cli::generate_command,
+     "Generate images from a model folder as diffusers' StableDiffusionPipeline does."},
     {"init-model", t2i::cli::init_model_command,
      "Write a freshly initialized SD model folder in diffusers layout (tiny, small, sd15)."},
     {"demo-data", t2i::cli::demo_data_command,

@@ -96,6 +96,7 @@ void TrainConfig::validate() const {
     if (checkpoints_total_limit && *checkpoints_total_limit < 1)
         bad("checkpoints_total_limit", "must be >= 1");
     if (validation_epochs < 1) bad("validation_epochs", "must be >= 1");
+    if (validation_steps < 0) bad("validation_steps", "must be >= 0 (0 = off)");
     if (report_to == "wandb" || report_to == "comet_ml")
         bad("report_to", report_to +
                              " is not available offline; use tensorboard (the default), "

@@ -79,6 +79,7 @@ struct TrainConfig {
     // Validation
     std::vector<std::string> validation_prompts;
     int64_t validation_epochs = 5;
+    int64_t validation_steps  = 0;  // t2i: 0 = off
     // Logging / Hub
     std::string report_to            = "tensorboard";
     std::string logging_dir          = "logs";
@@ -192,6 +193,8 @@ void visit_flags(Config& c, Visitor&& v) {
     // Validation
     v(c.validation_prompts, "validation_prompts", "Prompts for validation images (one or more).");
     v(c.validation_epochs, "validation_epochs", "Validate every N epochs.");
+    v(c.validation_steps, "validation_steps",
+      "t2i: also validate every N optimizer steps (0 = only per --validation_epochs).");
     // Logging / Hub
     v(c.report_to, "report_to", "tensorboard, jsonl or none (wandb / comet_ml need the network).");
     v(c.logging_dir, "logging_dir", "Log folder, relative to --output_dir.");

@@ -15,7 +15,9 @@
 #include "data/loader.h"
 #include "io/file_util.h"
 #include "io/json_config.h"
+#include "io/tensorboard.h"
 #include "pipeline/model_dir.h"
+#include "pipeline/text_to_image.h"
 #include "schedulers/ddpm.h"
 #include "tokenizer/clip_tokenizer.h"
 #include "training/checkpoint.h"
@@ -24,6 +26,7 @@
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
 #include "training/progress.h"
+#include "training/validation.h"
 #include "util/autocast.h"
 #include "util/grad_scaler.h"
 #include "util/log.h"
@@ -136,6 +139,7 @@ void save_final_model(const TrainConfig& c, const models::UNet2DConditionModel& 
 TrainResult train(const TrainConfig& c) {
     // 0. Setup: validate everything before any work, threads, seed, device.
     c.validate();
+    StopSignals signals;  // from here on, Ctrl-C / SIGTERM end the run after a step + checkpoint
     set_num_threads(static_cast<int>(c.num_threads));
     const torch::Device device(c.device);
     if (device.is_cpu() && c.mixed_precision == "fp16")
@@ -252,10 +256,27 @@ TrainResult train(const TrainConfig& c) {
         (long long)max_steps, (long long)c.train_batch_size, (long long)GA,
         (unsigned long long)seed);
 
+    // TensorBoard event files (the original's tags: train_loss, validation) and the pipeline
+    // used for validation images, sharing the training modules.
+    std::unique_ptr<io::EventWriter> tensorboard;
+    if (c.report_to == "tensorboard" || c.report_to == "all") {
+        tensorboard      = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
+        auto config_json = c.to_json();
+        config_json.erase("validation_prompts");  // as the original's init_trackers
+        tensorboard->add_text(c.tracker_project_name, "```\n" + config_json.dump(2) + "\n```",
+                              global_step);
+    }
+    pipeline::StableDiffusionPipeline validation_pipe(unet, vae, text_encoder, tokenizer);
+    // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
+    auto validate = [&](int64_t step, int64_t tensorboard_step) {
+        if (c.validation_prompts.empty()) return;
+        log_validation(c, validation_pipe, ema.get(), prediction_type, seed, step, tensorboard_step,
+                       frozen.dtype.value(), tensorboard.get());
+    };
+
     const std::string metrics =
         c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";
     ProgressReporter progress(max_steps, global_step, c.logging_steps, metrics);
-    StopSignals signals;
     auto save = [&] {
         TrainerState s;
         s.global_step   = global_step;
@@ -275,6 +296,7 @@ TrainResult train(const TrainConfig& c) {
     while (global_step < max_steps) {
         const auto t0 = std::chrono::steady_clock::now();
         int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
+        bool epoch_done = false;  // this step consumed the epoch's last batch
         double loss_sum = 0;
         while (micro < GA) {
             auto batch = loader.next();
@@ -283,6 +305,7 @@ TrainResult train(const TrainConfig& c) {
                 continue;              // the next call starts the next epoch
             }
             epoch       = batch->epoch;
+            epoch_done  = loader.position().batch >= loader.batches_per_epoch();
             auto pixels = batch->pixel_values.to(device, frozen.dtype.value());
             auto ids    = batch->input_ids.to(device);
             auto draws  = draw_step_randoms(latent_shape(vae->config, pixels.sizes()),
@@ -294,6 +317,7 @@ TrainResult train(const TrainConfig& c) {
             loss_sum += out.loss.item<double>();
             samples += pixels.size(0);
             ++micro;
+            if (epoch_done) break;  // accelerate syncs at the end of the dataloader
         }
         // ---- optimizer step ----
         std::vector<torch::Tensor> param_list;
@@ -313,6 +337,19 @@ TrainResult train(const TrainConfig& c) {
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         losses.push_back(loss_sum / static_cast<double>(GA));
         progress.update({global_step, epoch, losses.back(), step_lr, grad_norm, dt, samples / dt});
+        if (tensorboard) {
+            tensorboard->add_scalar("train_loss", losses.back(), global_step);
+            tensorboard->add_scalar("lr", step_lr, global_step);
+            tensorboard->add_scalar("grad_norm", grad_norm, global_step);
+            tensorboard->add_scalar("step_time", dt, global_step);
+            tensorboard->add_scalar("samples_per_s", samples / dt, global_step);
+        }
+
+        // Once in a while: validation images (per epoch as the original, and per step).
+        if (epoch_done && epoch % c.validation_epochs == 0)
+            validate(global_step, epoch);
+        else if (c.validation_steps > 0 && global_step % c.validation_steps == 0)
+            validate(global_step, global_step);
 
         // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
         const bool stop = g_stop_signal.load() != 0 ||

@@ -1,0 +1,152 @@
+// Implements: `t2i generate` (CLI.md): flags -> a StableDiffusionPipeline over a diffusers folder,
+// a t2i training output or a checkpoint-N folder -> PNG files (and optionally the latents).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "io/file_util.h"
+#include "io/image_io.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
+#include "pipeline/model_dir.h"
+#include "pipeline/text_to_image.h"
+#include "util/log.h"
+#include "util/torch_compat.h"
+
+namespace t2i::cli {
+
+namespace {
+
+struct GenerateFlags {
+    std::string model, base_model, prompt_file, scheduler, variant, output;
+    std::string seed, save_latents;
+    std::vector<std::string> prompt, negative_prompt;
+    int64_t num_inference_steps = 50, height = 0, width = 0;
+    int64_t num_images_per_prompt = 1, num_threads = 0;
+    double guidance_scale = 7.5;
+};
+
+std::vector<std::string> read_prompt_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot read --prompt_file '" + path + "'");
+    std::vector<std::string> out;
+    for (std::string line; std::getline(in, line);)
+        if (!line.empty() && line.find_first_not_of(" \t\r") != std::string::npos)
+            out.push_back(line);
+    return out;
+}
+
+// The folder whose unet/ (or a checkpoint's unet_ema/, else unet/) is used, and the folder with
+// the other components.
+std::pair<std::string, std::string> resolve_folders(const GenerateFlags& f) {
+    if (io::file_exists(f.model + "/model_index.json")) return {f.model + "/unet", f.model};
+    if (io::dir_exists(f.model + "/unet")) {  // a checkpoint-N folder: UNet only
+        if (f.base_model.empty())
+            throw UsageError("--model '" + f.model +
+                             "' holds only a UNet (a checkpoint); give "
+                             "--base_model DIR for the VAE, text encoder, tokenizer and scheduler");
+        const bool ema = io::dir_exists(f.model + "/unet_ema");
+        log_info("using %s/%s", f.model.c_str(), ema ? "unet_ema (the EMA weights)" : "unet");
+        return {f.model + (ema ? "/unet_ema" : "/unet"), f.base_model};
+    }
+    pipeline::check_model_dir(f.model);  // throws with a helpful message
+    return {f.model + "/unet", f.model};
+}
+
+}  // namespace
+
+int generate_command(const std::vector<std::string>& args) {
+    GenerateFlags f;
+    ArgParser p("t2i generate --model DIR --prompt TEXT [--prompt ...] --output FILE.png|DIR",
+                "Generate images as diffusers' StableDiffusionPipeline does.");
+    p.add(f.model, "model", "A diffusers folder, a t2i training output, or a checkpoint-N folder.");
+    p.add(f.base_model, "base_model",
+          "Folder with the other components when --model is a checkpoint.");
+    p.add(f.prompt, "prompt", "Prompt(s); repeat the flag or give several values.");
+    p.add(f.prompt_file, "prompt_file", "File with one prompt per line.");
+    p.add(f.negative_prompt, "negative_prompt", "Negative prompt (one, or one per prompt).");
+    p.add(f.scheduler, "scheduler",
+          "ddim, pndm, euler, euler_ancestral, dpm++2m, dpm++2m_karras, ddpm (default: the "
+          "model's).");
+    p.add(f.num_inference_steps, "num_inference_steps", "Denoising steps.");
+    p.add(f.guidance_scale, "guidance_scale", "Classifier-free guidance scale (<= 1: off).");
+    p.add(f.height, "height", "Image height (default: unet sample_size x VAE scale factor).");
+    p.add(f.width, "width", "Image width (default: unet sample_size x VAE scale factor).");
+    p.add(f.num_images_per_prompt, "num_images_per_prompt", "Images per prompt.");
+    p.add(f.seed, "seed",
+          "Seed (0 .. 2^64-1): the same latents as torch.Generator('cpu').manual_seed(S).");
+    p.add(f.variant, "variant", "Weight file variant, e.g. fp16.");
+    p.add(f.save_latents, "save_latents", "Also write the final latents (before VAE decode) here.");
+    p.add(f.output, "output", "A .png file for one image, or a folder (000000.png, ...).");
+    p.add(f.num_threads, "num_threads", "CPU threads (0 = all cores).");
+    if (!p.parse(args)) return 0;
+    if (f.model.empty()) throw UsageError("--model is required");
+    if (f.output.empty()) throw UsageError("--output is required");
+    if (!f.prompt_file.empty())
+        for (auto& s : read_prompt_file(f.prompt_file)) f.prompt.push_back(s);
+    if (f.prompt.empty()) throw UsageError("give --prompt or --prompt_file");
+    if (f.num_inference_steps < 1) throw UsageError("--num_inference_steps must be >= 1");
+    if (f.num_images_per_prompt < 1) throw UsageError("--num_images_per_prompt must be >= 1");
+    pipeline::GenerateOptions o;
+    if (!f.seed.empty()) {
+        size_t pos = 0;
+        try {
+            o.seed = std::stoull(f.seed, &pos);
+        } catch (const std::exception&) {
+            pos = 0;
+        }
+        if (pos != f.seed.size() || f.seed[0] == '-')
+            throw UsageError("--seed: expected an integer 0 .. 2^64-1, got '" + f.seed + "'");
+    }
+    set_num_threads(static_cast<int>(f.num_threads));
+
+    const auto [unet_dir, base] = resolve_folders(f);
+    pipeline::LoadOptions lo;
+    lo.variant = f.variant;
+    auto pipe  = pipeline::StableDiffusionPipeline(
+         pipeline::load_unet(unet_dir, lo), pipeline::load_vae(base + "/vae", lo),
+         pipeline::load_text_encoder(base + "/text_encoder", lo),
+         tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer"));
+    auto scheduler = schedulers::make_scheduler(
+        f.scheduler, io::read_json(base + "/scheduler/scheduler_config.json"));
+    o.prompts               = f.prompt;
+    o.negative_prompts      = f.negative_prompt;
+    o.num_inference_steps   = f.num_inference_steps;
+    o.guidance_scale        = f.guidance_scale;
+    o.height                = f.height;
+    o.width                 = f.width;
+    o.num_images_per_prompt = f.num_images_per_prompt;
+    o.show_progress         = true;
+    auto result             = pipe(o, *scheduler);
+    log_info("%lld image(s): %lld steps in %.2f s (%.3f s/step), %.2f s in all",
+             (long long)result.latents.size(0), (long long)f.num_inference_steps,
+             result.denoise_seconds, result.denoise_seconds / f.num_inference_steps,
+             result.total_seconds);
+
+    if (!f.save_latents.empty())
+        io::save_safetensors(f.save_latents,
+                             {{"latents", result.latents.to(torch::kFloat32).contiguous()}});
+    const int64_t n   = result.images.size(0);
+    const bool is_png = f.output.size() > 4 && f.output.substr(f.output.size() - 4) == ".png";
+    if (is_png && n > 1)
+        throw UsageError("--output " + f.output + " is one file but " + std::to_string(n) +
+                         " images were made; give a folder");
+    if (is_png) {
+        io::write_png(f.output, result.images[0]);
+        std::printf("%s\n", f.output.c_str());
+        return 0;
+    }
+    std::filesystem::create_directories(f.output);
+    for (int64_t i = 0; i < n; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "/%06lld.png", (long long)i);
+        io::write_png(f.output + name, result.images[i]);
+        std::printf("%s%s\t%s\n", f.output.c_str(), name,
+                    o.prompts[static_cast<size_t>(i / o.num_images_per_prompt)].c_str());
+    }
+    return 0;
+}
+
+}  // namespace t2i::cli

@@ -1,0 +1,27 @@
+// Implements: validation images during training, as train_text_to_image.py's log_validation:
+// EMA weights swapped in (store / copy_to / restore), the base model's inference scheduler (with
+// the prediction type trained for), 20 steps, one generator seeded with --seed shared
+// sequentially across prompts, under autocast. Images go to
+// output_dir/validation/step-<N>/<i>-<prompt>.png and to TensorBoard as "validation".
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "io/tensorboard.h"
+#include "pipeline/text_to_image.h"
+#include "training/ema.h"
+#include "training/train_config.h"
+
+namespace t2i::training {
+
+// Returns the [N, H, W, 3] uint8 images (one per prompt).
+torch::Tensor log_validation(const TrainConfig& config, pipeline::StableDiffusionPipeline& pipe,
+                             EMAModel* ema, const std::string& prediction_type, uint64_t seed,
+                             int64_t step, int64_t tensorboard_step,
+                             torch::ScalarType autocast_dtype, io::EventWriter* tensorboard);
+
+// "a red fox, 4k!" -> "a-red-fox-4k": safe in a file name, at most 60 characters.
+std::string prompt_slug(const std::string& prompt);
+
+}  // namespace t2i::training
