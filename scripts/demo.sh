@@ -16,7 +16,7 @@ rm -rf "$OUT"
   --train_batch_size 8 --max_train_steps 300 \
   --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 20 \
   --use_ema --checkpointing_steps 100 --checkpoints_total_limit 2 \
-  --dataloader_num_workers 1 --logging_steps 25 --seed 0 \
+  --logging_steps 25 --seed 0 \
   --output_dir "$OUT/model"
 "$T2I" inspect "$OUT/model" > "$OUT/inspect.txt"
 echo "saved: $OUT/model (diffusers layout; summary in $OUT/inspect.txt)"

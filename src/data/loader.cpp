@@ -113,6 +113,11 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
 }
 
 void DataLoader::worker_loop() {
+    // Like torch's DataLoader workers: one intra-op thread each. Otherwise every small tensor op
+    // here starts an OpenMP team that spins against the training thread's team on the same
+    // cores (measured: 1.40 -> 0.87 s/step on 2 cores). The training thread initialized its own
+    // thread count first (t2i::set_num_threads), so this only affects threads started later.
+    at::set_num_threads(1);
     const int64_t window = int64_t(config_.num_workers) * config_.prefetch_factor;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {

@@ -75,13 +75,37 @@ void EMAModel::step(const NamedTensors& params) {
         }
 }
 
+namespace {
+
+// s -= w * (s - p) in one pass over memory for contiguous fp32 CPU tensors: the same three
+// float roundings as the three tensor ops below (x86-64 without -mfma cannot contract them into
+// an FMA), a third of the memory traffic. Returns false when the tensors do not qualify.
+bool ema_update_fused(torch::Tensor& s, const torch::Tensor& p, double one_minus_decay) {
+    if (!s.device().is_cpu() || !p.device().is_cpu() || s.scalar_type() != torch::kFloat32 ||
+        p.scalar_type() != torch::kFloat32 || !s.is_contiguous() || !p.is_contiguous())
+        return false;
+    float*       sp = s.data_ptr<float>();
+    const float* pp = p.data_ptr<float>();
+    const float  w  = static_cast<float>(one_minus_decay);
+    at::parallel_for(0, s.numel(), 32768, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+            const float d = sp[i] - pp[i];
+            const float t = w * d;
+            sp[i]         = sp[i] - t;
+        }
+    });
+    return true;
+}
+
+}  // namespace
+
 void EMAModel::step_loop(const std::vector<torch::Tensor>& params, double one_minus_decay) {
     for (size_t i = 0; i < params.size(); ++i) {
         auto& s = shadow_[i].second;
-        if (params[i].requires_grad())
-            s.sub_(one_minus_decay * (s - params[i]));
-        else
+        if (!params[i].requires_grad())
             s.copy_(params[i]);
+        else if (!ema_update_fused(s, params[i], one_minus_decay))
+            s.sub_(one_minus_decay * (s - params[i]));  // diffusers: s_param.sub_(...)
     }
 }
 
