@@ -143,3 +143,44 @@ TEST(Cli, TokenizeAcceptsAPromptStartingWithDashAfterDoubleDash) {
 
 }  // namespace
 }  // namespace t2i
+
+namespace t2i {
+namespace {
+
+TEST(Cli, GenerateWritesImagesAndLatents) {
+    testing::TempDir tmp;
+    auto r = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "a cat", "a dog",
+                      "--scheduler", "ddim", "--num_inference_steps", "2", "--seed", "0",
+                      "--save_latents", tmp.file("latents.safetensors"), "--output",
+                      tmp.file("out"), "--num_threads", "1"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const char* name : {"000000.png", "000001.png"})
+        EXPECT_TRUE(io::file_exists(tmp.file(std::string("out/") + name))) << name;
+    const auto latents = io::load_safetensors(tmp.file("latents.safetensors"));
+    ASSERT_TRUE(latents.count("latents"));
+    EXPECT_EQ(latents.at("latents").sizes(), (std::vector<int64_t>{2, 4, 32, 32}));
+    // The same seed gives the same latents; a different seed does not.
+    auto again = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "a cat", "a dog",
+                          "--scheduler", "ddim", "--num_inference_steps", "2", "--seed", "0",
+                          "--save_latents", tmp.file("again.safetensors"), "--output",
+                          tmp.file("out2"), "--num_threads", "1"});
+    ASSERT_EQ(again.code, 0) << again.out;
+    EXPECT_TRUE(torch::equal(latents.at("latents"),
+                             io::load_safetensors(tmp.file("again.safetensors")).at("latents")));
+}
+
+TEST(Cli, GenerateExplainsBadSizesAndMissingBaseModel) {
+    testing::TempDir tmp;
+    auto r = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "x", "--height", "63",
+                      "--output", tmp.file("x.png")});
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.out.find("multiples"), std::string::npos) << r.out;
+    std::filesystem::create_directories(tmp.file("checkpoint-5/unet"));
+    auto c = run_t2i({"generate", "--model", tmp.file("checkpoint-5"), "--prompt", "x", "--output",
+                      tmp.file("x.png")});
+    EXPECT_EQ(c.code, 2);
+    EXPECT_NE(c.out.find("--base_model"), std::string::npos) << c.out;
+}
+
+}  // namespace
+}  // namespace t2i

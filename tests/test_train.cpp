@@ -399,3 +399,32 @@ TEST(Train, ValidationImagesAndTensorBoardEventsAreWritten) {
 
 }  // namespace
 }  // namespace t2i
+
+namespace t2i {
+namespace {
+
+TEST(Train, Bf16CheckpointingAnd8bitAdamRunTogether) {
+    testing::TempDir dir;
+    auto c                   = tiny_config(dir, make_dataset(dir));
+    c.max_train_steps        = 2;
+    c.mixed_precision        = "bf16";
+    c.gradient_checkpointing = true;
+    c.use_8bit_adam          = true;
+    c.snr_gamma              = 5.0;
+    c.input_perturbation     = 0.1;
+    c.report_to              = "jsonl";
+    ASSERT_EQ(training::train(c), training::TrainResult::kFinished);
+    std::ifstream metrics(c.output_dir + "/logs/metrics.jsonl");
+    std::string line;
+    int n = 0;
+    for (; std::getline(metrics, line); ++n)
+        EXPECT_TRUE(std::isfinite(nlohmann::json::parse(line)["train_loss"].get<double>()));
+    EXPECT_EQ(n, 2);
+    // The saved UNet stays fp32 (master weights); the VAE keeps its original precision.
+    const auto unet =
+        io::load_safetensors(c.output_dir + "/unet/diffusion_pytorch_model.safetensors");
+    EXPECT_EQ(unet.at("conv_in.weight").scalar_type(), torch::kFloat32);
+}
+
+}  // namespace
+}  // namespace t2i

@@ -279,11 +279,11 @@ TrainResult train(const TrainConfig& c) {
     ProgressReporter progress(max_steps, global_step, c.logging_steps, metrics);
     auto save = [&] {
         TrainerState s;
-        s.global_step   = global_step;
-        s.loader        = loader.position();
-        s.lr_schedule   = schedule.state();
-        s.extra         = {{"skipped_samples", loader.skipped()}};
-        s.config        = c.to_json();
+        s.global_step = global_step;
+        s.loader      = loader.position();
+        s.lr_schedule = schedule.state();
+        s.extra  = {{"skipped_samples", loader.skipped()}, {"grad_scaler", scaler.state_dict()}};
+        s.config = c.to_json();
         const auto path = save_checkpoint(c.output_dir, unet, ema.get(), *optimizer, generator, s,
                                           c.checkpoints_total_limit);
         progress.message("saved " + path);
@@ -311,9 +311,14 @@ TrainResult train(const TrainConfig& c) {
             auto draws  = draw_step_randoms(latent_shape(vae->config, pixels.sizes()),
                                             noise_scheduler.config().num_train_timesteps, generator,
                                             loss_cfg);
-            auto out    = compute_step(unet, vae, text_encoder, noise_scheduler, pixels, ids, draws,
-                                       loss_cfg);
-            (out.loss / static_cast<double>(GA)).backward();  // accelerate divides by GA
+            StepOutputs out;
+            {
+                AutocastGuard autocast(device, frozen.dtype.value());  // no-op for fp32
+                out = compute_step(unet, vae, text_encoder, noise_scheduler, pixels, ids, draws,
+                                   loss_cfg);
+            }
+            // accelerate divides by GA; fp16 scales the loss (GradScaler), others pass through.
+            scaler.scale(out.loss / static_cast<double>(GA)).backward();
             loss_sum += out.loss.item<double>();
             samples += pixels.size(0);
             ++micro;
