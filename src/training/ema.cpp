@@ -84,9 +84,9 @@ bool ema_update_fused(torch::Tensor& s, const torch::Tensor& p, double one_minus
     if (!s.device().is_cpu() || !p.device().is_cpu() || s.scalar_type() != torch::kFloat32 ||
         p.scalar_type() != torch::kFloat32 || !s.is_contiguous() || !p.is_contiguous())
         return false;
-    float*       sp = s.data_ptr<float>();
+    float* sp       = s.data_ptr<float>();
     const float* pp = p.data_ptr<float>();
-    const float  w  = static_cast<float>(one_minus_decay);
+    const float w   = static_cast<float>(one_minus_decay);
     at::parallel_for(0, s.numel(), 32768, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
             const float d = sp[i] - pp[i];
