@@ -13,6 +13,9 @@ namespace t2i::io {
 // removes the temporary file; an existing `path` is never damaged.
 void write_file_atomic(const std::string& path, const std::function<bool(std::FILE*)>& write);
 void write_text_atomic(const std::string& path, const std::string& text);
+// Makes renames and new entries in `dir` durable (best effort: errors are ignored).
+void fsync_dir(const std::string& dir);
+void fsync_file(const std::string& path);
 
 std::string read_text_file(const std::string& path);
 bool file_exists(const std::string& path);

@@ -305,20 +305,42 @@ std::string read_binary_file(const std::string& path) {
     return bytes;
 }
 
-bool png_write_rgb(std::FILE* file, const uint8_t* data, int w, int h) {
-    CodecError err;
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_error_callback,
-                                              png_warning_callback);
-    png_infop info  = png ? png_create_info_struct(png) : nullptr;
+struct PngSink {
+    std::jmp_buf jump;
+    char message[256];
+    std::string bytes;
+};
+
+void png_sink_write(png_structp png, png_bytep data, png_size_t n) {
+    static_cast<PngSink*>(png_get_io_ptr(png))->bytes.append(reinterpret_cast<char*>(data), n);
+}
+
+void png_sink_flush(png_structp) {}
+
+void png_sink_error(png_structp png, png_const_charp msg) {
+    auto* sink = static_cast<PngSink*>(png_get_error_ptr(png));
+    std::snprintf(sink->message, sizeof sink->message, "%s", msg);
+    std::longjmp(sink->jump, 1);
+}
+
+void png_sink_warning(png_structp, png_const_charp) {}
+
+// Returns false with sink->message set on a libpng error. No C++ objects live between setjmp
+// and the libpng frames that may longjmp.
+bool png_encode_rgb(PngSink* sink, const uint8_t* data, int w, int h) {
+    png_structp png =
+        png_create_write_struct(PNG_LIBPNG_VER_STRING, sink, png_sink_error, png_sink_warning);
+    png_infop info = png ? png_create_info_struct(png) : nullptr;
     if (!info) {
         png_destroy_write_struct(png ? &png : nullptr, nullptr);
+        std::snprintf(sink->message, sizeof sink->message, "out of memory");
         return false;
     }
-    if (setjmp(err.jump)) {
+    if (setjmp(sink->jump)) {
         png_destroy_write_struct(&png, &info);
         return false;
     }
-    png_init_io(png, file);
+    png_set_write_fn(png, sink, png_sink_write, png_sink_flush);
     png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_write_info(png, info);
@@ -360,16 +382,26 @@ torch::Tensor decode_image(const std::string& path) {
     return decode_image_bytes(read_binary_file(path), path);
 }
 
+std::string encode_png(const torch::Tensor& rgb_u8_hwc) {
+    TORCH_CHECK(rgb_u8_hwc.scalar_type() == torch::kUInt8 && rgb_u8_hwc.dim() == 3 &&
+                    rgb_u8_hwc.size(2) == 3 && rgb_u8_hwc.numel() > 0,
+                "encode_png: expected a non-empty uint8 [H, W, 3] tensor, got ",
+                rgb_u8_hwc.scalar_type(), " ", rgb_u8_hwc.sizes());
+    const auto image = rgb_u8_hwc.to(torch::kCPU).contiguous();
+    PngSink sink;
+    if (!png_encode_rgb(&sink, image.data_ptr<uint8_t>(), static_cast<int>(image.size(1)),
+                        static_cast<int>(image.size(0))))
+        throw std::runtime_error(std::string("encode_png: libpng: ") + sink.message);
+    return std::move(sink.bytes);
+}
+
 void write_png(const std::string& path, const torch::Tensor& rgb_u8_hwc) {
     TORCH_CHECK(rgb_u8_hwc.scalar_type() == torch::kUInt8 && rgb_u8_hwc.dim() == 3 &&
                     rgb_u8_hwc.size(2) == 3,
                 "write_png('", path, "'): expected a uint8 [H, W, 3] tensor, got ",
                 rgb_u8_hwc.scalar_type(), " ", rgb_u8_hwc.sizes());
-    const auto image = rgb_u8_hwc.to(torch::kCPU).contiguous();
-    const int h = static_cast<int>(image.size(0)), w = static_cast<int>(image.size(1));
-    TORCH_CHECK(h > 0 && w > 0, "write_png('", path, "'): empty image");
-    const uint8_t* data = image.data_ptr<uint8_t>();
-    write_file_atomic(path, [&](std::FILE* file) { return png_write_rgb(file, data, w, h); });
+    TORCH_CHECK(rgb_u8_hwc.numel() > 0, "write_png('", path, "'): empty image");
+    write_text_atomic(path, encode_png(rgb_u8_hwc));
 }
 
 }  // namespace t2i::io

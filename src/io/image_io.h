@@ -28,4 +28,8 @@ torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& na
 // 8-bit RGB PNG of a uint8 [H, W, 3] tensor, written atomically (temp name, fsync, rename).
 void write_png(const std::string& path, const torch::Tensor& rgb_u8_hwc);
 
+// PNG bytes (8-bit RGB, zlib default level as PIL) of a uint8 [H, W, 3] tensor; write_png and the
+// TensorBoard writer both use it.
+std::string encode_png(const torch::Tensor& rgb_u8_hwc);
+
 }  // namespace t2i::io

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "io/image_io.h"
 #include "util/log.h"
 
 namespace t2i::io {
@@ -93,53 +94,6 @@ double unix_now() {
     return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
-// ---- PNG to memory ------------------------------------------------------------------------
-
-struct PngSink {
-    std::jmp_buf jump;
-    char message[256];
-    std::string bytes;
-};
-
-void png_sink_write(png_structp png, png_bytep data, png_size_t n) {
-    static_cast<PngSink*>(png_get_io_ptr(png))->bytes.append(reinterpret_cast<char*>(data), n);
-}
-
-void png_sink_flush(png_structp) {}
-
-void png_sink_error(png_structp png, png_const_charp msg) {
-    auto* sink = static_cast<PngSink*>(png_get_error_ptr(png));
-    std::snprintf(sink->message, sizeof sink->message, "%s", msg);
-    std::longjmp(sink->jump, 1);
-}
-
-void png_sink_warning(png_structp, png_const_charp) {}
-
-// Returns false with sink->message set on a libpng error. No C++ objects live between setjmp
-// and the libpng frames that may longjmp.
-bool png_encode_rgb(PngSink* sink, const uint8_t* data, int w, int h) {
-    png_structp png =
-        png_create_write_struct(PNG_LIBPNG_VER_STRING, sink, png_sink_error, png_sink_warning);
-    png_infop info = png ? png_create_info_struct(png) : nullptr;
-    if (!info) {
-        png_destroy_write_struct(png ? &png : nullptr, nullptr);
-        std::snprintf(sink->message, sizeof sink->message, "out of memory");
-        return false;
-    }
-    if (setjmp(sink->jump)) {
-        png_destroy_write_struct(&png, &info);
-        return false;
-    }
-    png_set_write_fn(png, sink, png_sink_write, png_sink_flush);
-    png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int y = 0; y < h; ++y) png_write_row(png, const_cast<uint8_t*>(data + size_t(y) * w * 3));
-    png_write_end(png, nullptr);
-    png_destroy_write_struct(&png, &info);
-    return true;
-}
-
 std::string host_name() {
     char name[256] = {0};
     if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
@@ -170,19 +124,6 @@ std::string tfrecord_frame(const std::string& data) {
     record += data;
     put_fixed(record, masked_crc32c(data.data(), data.size()), 4);
     return record;
-}
-
-std::string encode_png(const torch::Tensor& rgb_u8_hwc) {
-    TORCH_CHECK(rgb_u8_hwc.scalar_type() == torch::kUInt8 && rgb_u8_hwc.dim() == 3 &&
-                    rgb_u8_hwc.size(2) == 3 && rgb_u8_hwc.numel() > 0,
-                "encode_png: expected a non-empty uint8 [H, W, 3] tensor, got ",
-                rgb_u8_hwc.scalar_type(), " ", rgb_u8_hwc.sizes());
-    const auto image = rgb_u8_hwc.to(torch::kCPU).contiguous();
-    PngSink sink;
-    if (!png_encode_rgb(&sink, image.data_ptr<uint8_t>(), static_cast<int>(image.size(1)),
-                        static_cast<int>(image.size(0))))
-        throw std::runtime_error(std::string("encode_png: libpng: ") + sink.message);
-    return std::move(sink.bytes);
 }
 
 torch::Tensor make_image_grid(const torch::Tensor& images_u8_nhwc) {

@@ -23,6 +23,8 @@
 #include <string>
 #include <thread>
 
+#include "io/image_io.h"  // encode_png
+
 namespace t2i::io {
 
 // CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), continuing from `crc` (0 to start).
@@ -33,9 +35,6 @@ uint32_t masked_crc32c(const void* data, size_t n);
 
 // One TFRecord: uint64 length (LE), masked CRC of the length bytes, data, masked CRC of the data.
 std::string tfrecord_frame(const std::string& data);
-
-// PNG bytes (8-bit RGB, zlib default level as PIL) of a uint8 [H, W, 3] tensor.
-std::string encode_png(const torch::Tensor& rgb_u8_hwc);
 
 // torch.utils.tensorboard's make_grid for [N, H, W, 3]: min(N, 8) columns, ceil(N / 8) rows,
 // no padding, unused cells black. Returns [H * rows, W * cols, 3] uint8.

@@ -160,16 +160,6 @@ models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOption
     return text_encoder;
 }
 
-namespace {
-void fsync_path(const std::string& path, bool dir) {
-    const int fd = ::open(path.c_str(), (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-}
-}  // namespace
-
 void move_dir_into_place(const std::string& tmp, const std::string& dest) {
     const std::string parent = fs::path(dest).parent_path().string();
     if (fs::exists(dest)) {
@@ -180,7 +170,7 @@ void move_dir_into_place(const std::string& tmp, const std::string& dest) {
     } else {
         fs::rename(tmp, dest);
     }
-    fsync_path(parent.empty() ? "." : parent, true);
+    io::fsync_dir(parent.empty() ? "." : parent);
 }
 
 void copy_component(const std::string& src_dir, const std::string& dest_dir,
@@ -205,9 +195,9 @@ void copy_component(const std::string& src_dir, const std::string& dest_dir,
             continue;  // pickles are never copied
         }
         fs::copy_file(e.path(), tmp + "/" + name, fs::copy_options::overwrite_existing);
-        fsync_path(tmp + "/" + name, false);
+        io::fsync_file(tmp + "/" + name);
     }
-    fsync_path(tmp, true);
+    io::fsync_dir(tmp);
     move_dir_into_place(tmp, dest_dir);
 }
 

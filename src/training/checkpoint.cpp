@@ -20,18 +20,6 @@ namespace t2i::training {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-void fsync_dir(const std::string& dir) {
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-}
-
-}  // namespace
-
 void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
                       const nlohmann::json& config, const io::TensorMap* weights_override,
                       const nlohmann::json& extra_config) {
@@ -44,7 +32,7 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
     } else {
         models::save_weights(unet, dir + "/diffusion_pytorch_model.safetensors");
     }
-    fsync_dir(dir);
+    io::fsync_dir(dir);
 }
 
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir) {
@@ -107,7 +95,7 @@ std::string save_checkpoint(const std::string& output_dir, const models::UNet2DC
                       {"format", "t2i-checkpoint-1"}};
     // Written last: a folder with training_state.json has everything else.
     io::write_text_atomic(tmp + "/training_state.json", js.dump(2) + "\n");
-    fsync_dir(tmp);
+    io::fsync_dir(tmp);
     pipeline::move_dir_into_place(tmp, dest);
     return dest;
 }
