@@ -70,7 +70,13 @@ std::string save_checkpoint(const std::string& output_dir, const models::UNet2DC
         for (int64_t i = 0; i < excess; ++i) {
             log_info("removing old checkpoint %s (--checkpoints_total_limit %lld)",
                      existing[i].second.c_str(), (long long)*total_limit);
-            fs::remove_all(existing[i].second);
+            // Rename first: a kill during the deletion must not leave a partial checkpoint-N
+            // (the leftover .checkpoint-* name is removed by the next save).
+            const std::string doomed = output_dir + "/.checkpoint-" +
+                                       std::to_string(existing[i].first) + ".deleting-" +
+                                       std::to_string(::getpid());
+            fs::rename(existing[i].second, doomed);
+            fs::remove_all(doomed);
         }
     }
     const std::string name = "checkpoint-" + std::to_string(state.global_step);
