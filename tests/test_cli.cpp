@@ -19,30 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::fixture;
-
-struct RunResult {
-    int code;
-    std::string out;  // stdout + stderr
-};
-
-// Runs the t2i binary with shell-quoted arguments; stderr is merged into the output.
-RunResult run_t2i(const std::vector<std::string>& args) {
-    std::string cmd = std::string("'") + T2I_BINARY + "'";
-    for (const auto& a : args) {
-        std::string q;
-        for (char c : a) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-        cmd += " '" + q + "'";
-    }
-    cmd += " 2>&1";
-    std::FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) throw std::runtime_error("popen failed");
-    std::string out;
-    std::array<char, 4096> buf{};
-    size_t n;
-    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-    const int status = ::pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using testing::run_t2i;
 
 TEST(Cli, InspectSummarizesEveryComponent) {
     auto r = run_t2i({"inspect", fixture("tiny-sd1")});

@@ -29,25 +29,8 @@ namespace fs = std::filesystem;
 using testing::fixture;
 using testing::TempDir;
 
-// Eight 80x72 images (shapes of random colours) with captions, imagefolder layout.
-std::string make_dataset(const TempDir& dir) {
-    const std::string data = dir.file("data");
-    fs::create_directories(data);
-    torch::manual_seed(3);
-    std::string meta;
-    for (int i = 0; i < 8; ++i) {
-        auto img = torch::randint(0, 256, {72, 80, 3}, torch::kUInt8);
-        img.slice(0, 20, 50).slice(1, 20, 60).fill_(static_cast<uint8_t>(30 * i));
-        const std::string name = "img" + std::to_string(i) + ".png";
-        io::write_png(data + "/" + name, img);
-        meta +=
-            nlohmann::json{{"file_name", name}, {"text", "a photo of shape " + std::to_string(i)}}
-                .dump() +
-            "\n";
-    }
-    std::ofstream(data + "/metadata.jsonl") << meta;
-    return data;
-}
+// Eight 80x72 images with captions, imagefolder layout.
+std::string make_dataset(const TempDir& dir) { return testing::make_image_dataset(dir, 8); }
 
 training::TrainConfig tiny_config(const TempDir& dir, const std::string& data) {
     training::TrainConfig c;

@@ -3,13 +3,46 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
 
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "io/image_io.h"
 #include "io/safetensors.h"
 
 namespace t2i::testing {
+
+struct RunResult {
+    int code;         // exit code, -1 when killed by a signal
+    std::string out;  // stdout + stderr
+};
+
+// Runs the t2i binary with shell-quoted arguments; stderr is merged into the output.
+inline RunResult run_t2i(const std::vector<std::string>& args) {
+    std::string cmd = std::string("'") + T2I_BINARY + "'";
+    for (const auto& a : args) {
+        std::string q;
+        for (char c : a) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+        cmd += " '" + q + "'";
+    }
+    cmd += " 2>&1";
+    std::FILE* p = ::popen(cmd.c_str(), "r");
+    if (!p) throw std::runtime_error("popen failed");
+    std::string out;
+    std::array<char, 4096> buf{};
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
 
 inline std::string fixtures_dir() { return T2I_FIXTURES_DIR; }
 inline std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
@@ -25,6 +58,27 @@ class TempDir {
   private:
     std::string path_;
 };
+
+// `count` 80x72 images (shapes of random colours) with captions in dir/data, imagefolder layout
+// (metadata.jsonl). Returns the folder.
+inline std::string make_image_dataset(const TempDir& dir, int count) {
+    const std::string data = dir.file("data");
+    std::filesystem::create_directories(data);
+    torch::manual_seed(3);
+    std::string meta;
+    for (int i = 0; i < count; ++i) {
+        auto img = torch::randint(0, 256, {72, 80, 3}, torch::kUInt8);
+        img.slice(0, 20, 50).slice(1, 20, 60).fill_(static_cast<uint8_t>(30 * i));
+        const std::string name = "img" + std::to_string(i) + ".png";
+        io::write_png(data + "/" + name, img);
+        meta +=
+            nlohmann::json{{"file_name", name}, {"text", "a photo of shape " + std::to_string(i)}}
+                .dump() +
+            "\n";
+    }
+    std::ofstream(data + "/metadata.jsonl") << meta;
+    return data;
+}
 
 // Max |actual - expected| / (atol + rtol * |expected|); <= 1 means within tolerance.
 inline ::testing::AssertionResult allclose(const torch::Tensor& actual,

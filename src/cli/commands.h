@@ -13,5 +13,6 @@ int train_command(const std::vector<std::string>& args);
 int generate_command(const std::vector<std::string>& args);
 int init_model_command(const std::vector<std::string>& args);
 int demo_data_command(const std::vector<std::string>& args);
+int launch_command(const std::vector<std::string>& args);
 
 }  // namespace t2i::cli

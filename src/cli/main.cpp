@@ -28,6 +28,8 @@ const Command kCommands[] = {
      "Generate images from a model folder as diffusers' StableDiffusionPipeline does."},
     {"init-model", t2i::cli::init_model_command,
      "Write a freshly initialized SD model folder in diffusers layout (tiny, small, sd15)."},
+    {"launch", t2i::cli::launch_command,
+     "Start N worker processes of a command with torchrun's environment (multi-process / GPU)."},
     {"demo-data", t2i::cli::demo_data_command,
      "Write a small synthetic captioned image dataset (imagefolder + metadata.jsonl)."},
 };

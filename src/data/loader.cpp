@@ -37,8 +37,8 @@ DataLoader::DataLoader(std::shared_ptr<const CaptionDataset> dataset, LoaderConf
     TORCH_CHECK(config_.world_size >= 1 && config_.rank >= 0 && config_.rank < config_.world_size,
                 "DataLoader: bad rank ", config_.rank, " of world size ", config_.world_size);
     TORCH_CHECK(config_.prefetch_factor >= 1, "DataLoader: prefetch_factor must be >= 1");
-    const int64_t total = (dataset_->size() + config_.batch_size - 1) / config_.batch_size;
-    batches_per_epoch_  = (total + config_.world_size - 1) / config_.world_size;
+    const int64_t step_size = config_.batch_size * config_.world_size;
+    batches_per_epoch_      = (dataset_->size() + step_size - 1) / step_size;
     for (int i = 0; i < config_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -68,10 +68,8 @@ std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t batch) con
     const auto perm      = permutation(epoch);
     const int64_t global = batch * config_.world_size + config_.rank;  // accelerate's sharding
     std::vector<int64_t> out;
-    for (int64_t p = global * bs; p < (global + 1) * bs; ++p) {
-        if (config_.world_size == 1 && p >= n) break;  // drop_last=False: a short last batch
-        out.push_back((*perm)[p % n]);                 // even_batches: wrap around
-    }
+    for (int64_t p = global * bs; p < std::min(n, (global + 1) * bs); ++p)
+        out.push_back((*perm)[p]);  // drop_last=False: a short (or, past the end, empty) batch
     return out;
 }
 
@@ -79,11 +77,15 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
     Result result;
     try {
         const int64_t epoch = linear / batches_per_epoch_, k = linear % batches_per_epoch_;
-        const auto indices  = batch_indices(epoch, k);
-        const int64_t first = (k * config_.world_size + config_.rank) * config_.batch_size;
+        const auto indices       = batch_indices(epoch, k);
+        const int64_t first      = (k * config_.world_size + config_.rank) * config_.batch_size;
+        const int64_t step_first = k * config_.world_size * config_.batch_size;
         Batch batch;
-        batch.epoch       = epoch;
-        batch.batch_index = k;
+        batch.epoch         = epoch;
+        batch.batch_index   = k;
+        batch.global_offset = first - step_first;
+        batch.global_size =
+            std::min(dataset_->size() - step_first, config_.world_size * config_.batch_size);
         std::vector<torch::Tensor> pixels, ids;
         for (size_t j = 0; j < indices.size(); ++j) {
             // The generator depends on the permutation position, not on the rank or thread.
@@ -105,6 +107,8 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
             batch.pixel_values = torch::stack(pixels);  // [B, 3, R, R]
             batch.input_ids    = torch::stack(ids);     // [B, 77]
             result.batch       = std::move(batch);
+        } else if (config_.world_size > 1) {
+            result.batch = std::move(batch);  // empty, but the ranks stay in step
         }
     } catch (...) {
         result.error = std::current_exception();

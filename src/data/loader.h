@@ -10,13 +10,18 @@
 //   Workers: num_workers threads build whole batches ahead (at most num_workers x
 //     prefetch_factor in flight, across epoch boundaries), delivered strictly in order;
 //     num_workers = 0 builds each batch in next().
-//   Sharding (world_size > 1): like accelerate's BatchSamplerShard with even_batches=True,
-//     rank r takes global batches r, r + W, r + 2W, ...; every rank gets
-//     ceil(ceil(N / B) / W) full batches, positions past the end wrap to the permutation's start.
+//   Sharding (world_size > 1): like accelerate's BatchSamplerShard, rank r takes batches r,
+//     r + W, r + 2W, ... of the epoch's order, so optimizer step k of W ranks covers permutation
+//     positions [k*W*B, (k+1)*W*B): exactly batch k of one process with batch W*B. Every rank
+//     gets ceil(N / (W*B)) batches per epoch (accelerate's ceil(ceil(N / B) / W)). Unlike
+//     accelerate's even_batches, the end of an epoch is not padded with samples from its start:
+//     each sample is seen once per epoch, and a rank past the end gets a smaller or an empty
+//     batch (its gradient weight in the step is its share of the samples; see the trainer).
 //     With world_size = 1 the last batch of an epoch may be smaller (drop_last=False).
 //   Bad images: BadSampleError propagates from next() naming the path, unless skip_bad_samples
 //     is set: then the sample is left out of its batch (a batch may be smaller; a batch with no
-//     good sample is skipped), and skipped() counts them.
+//     good sample is skipped with one process and delivered empty with several, so that the
+//     ranks stay in step), and skipped() counts them.
 // The loader is used from one consumer thread; its own workers are internal.
 #pragma once
 
@@ -58,9 +63,14 @@ struct Batch {
     torch::Tensor pixel_values;      // float32 [B, 3, R, R]
     torch::Tensor input_ids;         // int64 [B, 77]
     std::vector<std::string> paths;  // [B]
-    std::vector<int64_t> indices;    // [B] dataset indices
+    std::vector<int64_t> indices;    // [B] dataset indices; empty: this rank has no sample
     int64_t epoch       = 0;
     int64_t batch_index = 0;
+    // This rank's part of the optimizer step's samples over all ranks (before bad samples are
+    // left out): positions [global_offset, global_offset + B) of global_size.
+    int64_t global_offset = 0;
+    int64_t global_size   = 0;
+    int64_t size() const { return static_cast<int64_t>(indices.size()); }
 };
 
 // SplitMix64-based hash of (seed, a, b, c): seeds of the per-epoch and per-sample generators.

@@ -50,7 +50,7 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 }
 
 std::string save_checkpoint(const std::string& output_dir, const models::UNet2DConditionModel& unet,
-                            const EMAModel* ema, const AdamW& optimizer,
+                            const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
                             std::optional<int64_t> total_limit) {
     fs::create_directories(output_dir);
@@ -90,7 +90,7 @@ std::string save_checkpoint(const std::string& output_dir, const models::UNet2DC
         const auto shadow = ema->shadow_map();
         save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow, ema->config_json());
     }
-    io::save_safetensors(tmp + "/optimizer.safetensors", optimizer.state_dict());
+    io::save_safetensors(tmp + "/optimizer.safetensors", optimizer_state);
     io::save_safetensors(tmp + "/random_states.safetensors",
                          {{"generator", generator.get_state()}});
     nlohmann::json js{{"global_step", state.global_step},
@@ -123,7 +123,8 @@ std::optional<std::string> resolve_checkpoint(const std::string& spec,
 }
 
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
-                             EMAModel* ema, AdamW& optimizer, at::Generator& generator) {
+                             EMAModel* ema, AdamW& optimizer, at::Generator& generator,
+                             const OptimizerStateFilter& optimizer_filter) {
     const std::string state_file = path + "/training_state.json";
     if (!io::file_exists(state_file))
         throw std::runtime_error("checkpoint '" + path +
@@ -149,7 +150,9 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
         ema->load_shadow(io::load_safetensors(ema_dir + "/diffusion_pytorch_model.safetensors"));
         ema->load_config_json(io::read_json(ema_dir + "/config.json").json());
     }
-    optimizer.load_state_dict(io::load_safetensors(path + "/optimizer.safetensors"));
+    auto optimizer_state = io::load_safetensors(path + "/optimizer.safetensors");
+    optimizer.load_state_dict(optimizer_filter ? optimizer_filter(optimizer_state)
+                                               : optimizer_state);
     const auto rng = io::load_safetensors(path + "/random_states.safetensors");
     generator.set_state(rng.at("generator"));
     return state;

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -42,8 +43,9 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
 
 // Saves checkpoint-<state.global_step> under output_dir. Prunes first so that at most
 // `total_limit` checkpoints exist afterwards. Returns the checkpoint path.
+// `optimizer_state`: AdamW::state_dict() (or, under ZeRO-1, the shards merged on rank 0).
 std::string save_checkpoint(const std::string& output_dir, const models::UNet2DConditionModel& unet,
-                            const EMAModel* ema, const AdamW& optimizer,
+                            const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
                             std::optional<int64_t> total_limit);
 
@@ -55,8 +57,12 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 std::optional<std::string> resolve_checkpoint(const std::string& spec,
                                               const std::string& output_dir);
 
+// Picks this process's part of a full optimizer state (ZeRO-1); empty = all of it.
+using OptimizerStateFilter = std::function<TensorMap(const TensorMap&)>;
+
 // Restores weights, EMA, optimizer, generator; returns the trainer state.
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
-                             EMAModel* ema, AdamW& optimizer, at::Generator& generator);
+                             EMAModel* ema, AdamW& optimizer, at::Generator& generator,
+                             const OptimizerStateFilter& optimizer_filter = {});
 
 }  // namespace t2i::training

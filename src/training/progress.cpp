@@ -60,7 +60,8 @@ void ProgressReporter::update(const StepMetrics& m) {
                          {"grad_norm", m.grad_norm},
                          {"step_time", m.step_time},
                          {"samples_per_s", m.samples_per_s},
-                         {"peak_rss_mb", peak_rss_mb()}};
+                         {"peak_rss_mb", peak_rss_mb()},
+                         {"optimizer_state_mb", m.optimizer_state_mb}};
         std::fprintf(metrics_, "%s\n", j.dump().c_str());
         std::fflush(metrics_);
     }

@@ -17,6 +17,7 @@ struct StepMetrics {
     double grad_norm;   // pre-clip total norm
     double step_time;   // seconds of this optimizer step (data included)
     double samples_per_s;
+    double optimizer_state_mb = 0;  // this process's AdamW state (a 1/W share under ZeRO-1)
 };
 
 class ProgressReporter {

@@ -108,6 +108,13 @@ void TrainConfig::validate() const {
     if (logging_steps < 1) bad("logging_steps", "must be >= 1");
     require_one_of("text_clean", text_clean, {"ftfy", "basic"});
     if (stop_after_steps && *stop_after_steps < 1) bad("stop_after_steps", "must be >= 1");
+    if (!ddp_backend.empty()) require_one_of("ddp_backend", ddp_backend, {"gloo", "nccl"});
+    if (!(ddp_timeout > 0)) bad("ddp_timeout", "must be > 0 seconds");
+    if (!(ddp_bucket_cap_mb > 0)) bad("ddp_bucket_cap_mb", "must be > 0");
+    if (zero_stage != 0 && zero_stage != 1)
+        bad("zero_stage",
+            "must be 0 (off) or 1 (sharded optimizer state); stages 2 and 3 are "
+            "not implemented");
 }
 
 nlohmann::json TrainConfig::to_json() const {

@@ -94,6 +94,11 @@ struct TrainConfig {
     int64_t logging_steps  = 1;
     std::string text_clean = "ftfy";
     std::optional<int64_t> stop_after_steps;
+    // t2i: several processes (dist/process_group.h)
+    std::string ddp_backend  = "";  // "" = gloo on CPU, nccl on CUDA
+    double ddp_timeout       = 1800;
+    double ddp_bucket_cap_mb = 25;
+    int64_t zero_stage       = 0;
 
     // Rejects bad values and impossible combinations before any work starts; each message names
     // the flag, the accepted values and what was given.
@@ -203,7 +208,9 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.hub_token, "hub_token", "Not supported (t2i works offline).");
     v(c.hub_model_id, "hub_model_id", "Not supported (t2i works offline).");
     // t2i additions
-    v(c.num_threads, "num_threads", "t2i: CPU threads for tensor math (0 = all cores).");
+    v(c.num_threads, "num_threads",
+      "t2i: CPU threads for tensor math (0 = all cores, divided among the processes that a "
+      "launcher started on this machine).");
     v(c.device, "device", "t2i: cpu or cuda[:N].");
     v(c.skip_bad_samples, "skip_bad_samples",
       "t2i: skip unreadable images (and report how many) instead of stopping.");
@@ -214,6 +221,17 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.stop_after_steps, "stop_after_steps",
       "t2i: stop after this many optimizer steps in this process, as Ctrl-C does (checkpoint, "
       "then resume with --resume_from_checkpoint latest); for time-limited job slots.");
+    v(c.ddp_backend, "ddp_backend",
+      "t2i: c10d backend with several processes: gloo or nccl (default: nccl on CUDA, else "
+      "gloo).");
+    v(c.ddp_timeout, "ddp_timeout",
+      "t2i: seconds a collective (or the rendezvous) may wait for the other ranks before the "
+      "run stops, naming the rank that died or hangs (accelerate's InitProcessGroupKwargs).");
+    v(c.ddp_bucket_cap_mb, "ddp_bucket_cap_mb",
+      "t2i: gradient bucket size in MB; buckets are all-reduced while backward goes on (DDP's "
+      "bucket_cap_mb).");
+    v(c.zero_stage, "zero_stage",
+      "t2i: 1 = shard the AdamW / 8-bit AdamW state across processes (ZeRO stage 1); 0 = off.");
 }
 
 }  // namespace t2i::training

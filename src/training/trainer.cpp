@@ -3,6 +3,12 @@
 // numbered stages follow the script. Differences (REFERENCE.md section 5): resume continues with
 // the exact next batch, checkpoints are written whole, the saved VAE / text encoder keep their
 // original precision and the saved scheduler gets the effective prediction_type.
+// Several processes (torchrun's environment; dist/process_group.h) train as accelerate's DDP:
+// rank r takes batches r, r + W, ... (data/loader.h), every random draw is made for the whole
+// step's W x B samples from the shared seed and each rank uses its slice (so W ranks x batch B
+// train exactly like one process with batch W x B; accelerate instead gives every rank the
+// same noise), gradients are summed over ranks weighted by each rank's share of the samples,
+// and rank 0 alone writes checkpoints, logs, validation images and the model.
 #include "training/trainer.h"
 
 #include <atomic>
@@ -13,6 +19,8 @@
 #include <random>
 
 #include "data/loader.h"
+#include "dist/process_group.h"
+#include "dist/zero.h"
 #include "io/file_util.h"
 #include "io/json_config.h"
 #include "io/tensorboard.h"
@@ -136,29 +144,70 @@ void save_final_model(const TrainConfig& c, const models::UNet2DConditionModel& 
 
 }  // namespace
 
+namespace {
+
+// Rows [offset, offset + n) of every draw: this rank's share of the step's draws.
+StepDraws slice_draws(const StepDraws& d, int64_t offset, int64_t n) {
+    auto part = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, offset, n) : t; };
+    StepDraws s;
+    s.vae_eps       = part(d.vae_eps);
+    s.noise         = part(d.noise);
+    s.offset_noise  = part(d.offset_noise);
+    s.perturb_noise = part(d.perturb_noise);
+    s.timesteps     = part(d.timesteps);
+    return s;
+}
+
+// The process group for a torchrun-style environment, or null for one process.
+std::unique_ptr<dist::ProcessGroup> join_world(const TrainConfig& c, const torch::Device& device) {
+    const auto world = dist::WorldInfo::from_env();
+    if (!world.distributed()) return nullptr;
+    set_log_rank(world.rank, world.world_size);
+    dist::GroupOptions o;
+    o.backend  = !c.ddp_backend.empty() ? c.ddp_backend : device.is_cuda() ? "nccl" : "gloo";
+    o.timeout  = std::chrono::milliseconds(static_cast<int64_t>(c.ddp_timeout * 1000));
+    auto group = std::make_unique<dist::ProcessGroup>(world, o);
+    log_info("rank %d of %d joined through %s:%d (%s)", world.rank, world.world_size,
+             world.master_addr.c_str(), world.master_port, o.backend.c_str());
+    return group;
+}
+
+}  // namespace
+
 TrainResult train(const TrainConfig& c) {
-    // 0. Setup: validate everything before any work, threads, seed, device.
+    // 0. Setup: validate everything before any work, threads, seed, device, the process group.
     c.validate();
     StopSignals signals;  // from here on, Ctrl-C / SIGTERM end the run after a step + checkpoint
     set_num_threads(static_cast<int>(c.num_threads));
-    const torch::Device device(c.device);
+    const auto world = dist::WorldInfo::from_env();
+    // One GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
+    const torch::Device device(c.device == "cuda" && world.distributed()
+                                   ? "cuda:" + std::to_string(world.local_rank)
+                                   : c.device);
     if (device.is_cpu() && c.mixed_precision == "fp16")
         throw FlagError(
             "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
-    const uint64_t seed     = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
+    const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     const std::string& base = c.pretrained_model_name_or_path;
     pipeline::check_model_dir(base);
-    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
+    auto group         = join_world(c, device);
+    const int W        = group ? group->size() : 1;
+    const bool is_main = !group || group->is_main();
+    const bool zero1   = group && c.zero_stage == 1;
+    // Every rank draws from the same seed (rank 0's, when none was given).
+    uint64_t seed = seed0;
+    if (group && !c.seed) {
+        if (is_main) group->store_set("seed", std::to_string(seed0));
+        seed = std::stoull(group->store_get("seed"));
+    }
+    if (is_main && c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
         log_warn(
             "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
             "use constant_with_warmup to warm up",
             (long long)c.lr_warmup_steps);
-    if (!c.validation_prompts.empty())
-        log_warn(
-            "--validation_prompts: validation images are not implemented yet; training "
-            "continues without them");
-    if ((c.offload_ema || c.foreach_ema) && !c.use_ema)
+    if (is_main && (c.offload_ema || c.foreach_ema) && !c.use_ema)
         log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
+    if (c.zero_stage == 1 && !group) log_warn("--zero_stage 1 has no effect with one process");
 
     // 1. Tokenizer and data first, so a bad column or folder fails before the models load.
     auto tokenizer = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
@@ -169,6 +218,8 @@ TrainResult train(const TrainConfig& c) {
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
     lc.seed             = seed;
     lc.skip_bad_samples = c.skip_bad_samples;
+    lc.rank             = group ? group->rank() : 0;
+    lc.world_size       = W;
     data::DataLoader loader(dataset, lc);
 
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
@@ -205,25 +256,34 @@ TrainResult train(const TrainConfig& c) {
         throw FlagError("--dream_training supports epsilon prediction only; the model predicts " +
                         prediction_type);
 
-    // 3. Step accounting as the script: epochs are recomputed from max_train_steps.
+    // 3. Step accounting as the script (per process, in optimizer steps): epochs are recomputed
+    //    from max_train_steps; --scale_lr counts the processes.
     const int64_t GA              = c.gradient_accumulation_steps;
     const int64_t steps_per_epoch = (loader.batches_per_epoch() + GA - 1) / GA;
     const int64_t max_steps  = c.max_train_steps.value_or(c.num_train_epochs * steps_per_epoch);
     const int64_t num_epochs = (max_steps + steps_per_epoch - 1) / steps_per_epoch;
-    const double lr = c.learning_rate * (c.scale_lr ? double(GA * c.train_batch_size) : 1.0);
+    const double lr = c.learning_rate * (c.scale_lr ? double(GA * c.train_batch_size * W) : 1.0);
 
-    // 4. Optimizer, LR schedule (in optimizer steps), EMA, the generator of every random draw.
+    // 4. Optimizer (under ZeRO-1 over this rank's parameters only), LR schedule (in optimizer
+    //    steps), EMA (rank 0 alone: the others never use it), the generator of every draw.
     const auto params = unet->named_parameters();
-    auto optimizer =
-        make_adamw(params, {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon},
-                   c.use_8bit_adam);
+    std::vector<int> owner;  // ZeRO-1: the rank that owns each parameter
+    std::vector<std::vector<std::string>> owned_names(static_cast<size_t>(W));
+    if (zero1) {
+        owner = dist::partition_parameters(params, W);
+        for (size_t i = 0; i < params.size(); ++i)
+            owned_names[size_t(owner[i])].push_back(params[i].key());
+    }
+    auto optimizer = make_adamw(
+        zero1 ? dist::owned_parameters(params, owner, group->rank()) : params,
+        {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon}, c.use_8bit_adam);
     LRScheduleConfig sc;
     sc.name         = c.lr_scheduler;
     sc.warmup_steps = c.lr_warmup_steps;
     sc.total_steps  = max_steps;
     LRSchedule schedule(sc, lr);
     std::unique_ptr<EMAModel> ema;
-    if (c.use_ema) {
+    if (c.use_ema && is_main) {
         EMAConfig ec;
         ec.foreach = c.foreach_ema;
         ec.offload = c.offload_ema;
@@ -231,35 +291,84 @@ TrainResult train(const TrainConfig& c) {
     }
     at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
 
-    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch.
+    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch. Rank 0
+    //    picks the checkpoint; every rank reads it (a shared --output_dir, as accelerate needs).
     int64_t global_step = 0;
     if (c.resume_from_checkpoint) {
-        const auto path = resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir);
+        std::optional<std::string> path;
+        if (is_main) path = resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir);
+        if (group) {
+            if (is_main) group->store_set("resume", path.value_or(""));
+            const std::string shared = group->store_get("resume");
+            path = shared.empty() ? std::nullopt : std::optional<std::string>(shared);
+        }
         if (!path) {
             log_info("no checkpoint in '%s'; starting a new run", c.output_dir.c_str());
         } else {
-            const auto state = load_checkpoint(*path, unet, ema.get(), *optimizer, generator);
+            OptimizerStateFilter filter;
+            if (zero1)
+                filter = [&](const TensorMap& full) {
+                    return dist::shard_optimizer_state(full, owned_names[size_t(group->rank())]);
+                };
+            const auto state =
+                load_checkpoint(*path, unet, ema.get(), *optimizer, generator, filter);
             schedule.load_state(state.lr_schedule);
             if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
                 scaler.load_state_dict(state.extra["grad_scaler"]);
-            loader.seek(state.loader.epoch, state.loader.batch);
+            // The loader position counts this world's batches: convert a checkpoint written by
+            // another number of processes or batch size through the samples already seen.
+            const int64_t saved_w = state.extra.value("world_size", int64_t(1));
+            const int64_t saved_b = state.extra.value("train_batch_size", c.train_batch_size);
+            int64_t batch         = state.loader.batch;
+            if (saved_w != W || saved_b != c.train_batch_size) {
+                const int64_t seen = std::min(dataset->size(), batch * saved_w * saved_b);
+                batch = std::min(loader.batches_per_epoch(), seen / (W * c.train_batch_size));
+                if (batch * W * c.train_batch_size != seen)
+                    log_warn(
+                        "the checkpoint was written by %lld process(es) x batch %lld: this "
+                        "epoch continues at sample %lld of %lld (%lld samples are seen again)",
+                        (long long)saved_w, (long long)saved_b,
+                        (long long)(batch * W * c.train_batch_size), (long long)seen,
+                        (long long)(seen - batch * W * c.train_batch_size));
+            }
+            loader.seek(state.loader.epoch, batch);
             global_step = state.global_step;
             log_info("resumed from %s at step %lld", path->c_str(), (long long)global_step);
         }
     }
-    fs::create_directories(c.output_dir);
-    io::write_text_atomic(c.output_dir + "/train_config.json", c.to_json().dump(2) + "\n");
+    // Identical initial weights everywhere (DDP broadcasts rank 0's module state).
+    if (group) {
+        std::vector<torch::Tensor> tensors;
+        for (const auto& p : params) tensors.push_back(p.value());
+        group->broadcast(tensors, 0, "the initial weight broadcast");
+    }
+    std::unique_ptr<dist::GradReducer> reducer;
+    if (group) {
+        std::vector<torch::Tensor> tensors;
+        for (const auto& p : params) tensors.push_back(p.value());
+        reducer = std::make_unique<dist::GradReducer>(
+            *group, tensors, static_cast<int64_t>(c.ddp_bucket_cap_mb * 1024 * 1024));
+    }
+    dist::main_process_first(
+        group.get(),
+        [&] {
+            fs::create_directories(c.output_dir);
+            if (is_main)
+                io::write_text_atomic(c.output_dir + "/train_config.json",
+                                      c.to_json().dump(2) + "\n");
+        },
+        "preparing --output_dir");
     log_info(
         "%lld samples, %lld batches/epoch, %lld epochs, %lld optimizer steps, batch %lld x "
-        "accumulation %lld, seed %llu",
+        "accumulation %lld x %d process(es), seed %llu",
         (long long)dataset->size(), (long long)loader.batches_per_epoch(), (long long)num_epochs,
-        (long long)max_steps, (long long)c.train_batch_size, (long long)GA,
+        (long long)max_steps, (long long)c.train_batch_size, (long long)GA, W,
         (unsigned long long)seed);
 
     // TensorBoard event files (the original's tags: train_loss, validation) and the pipeline
-    // used for validation images, sharing the training modules.
+    // used for validation images, sharing the training modules. Rank 0 only.
     std::unique_ptr<io::EventWriter> tensorboard;
-    if (c.report_to == "tensorboard" || c.report_to == "all") {
+    if (is_main && (c.report_to == "tensorboard" || c.report_to == "all")) {
         tensorboard      = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
         auto config_json = c.to_json();
         config_json.erase("validation_prompts");  // as the original's init_trackers
@@ -269,34 +378,55 @@ TrainResult train(const TrainConfig& c) {
     pipeline::StableDiffusionPipeline validation_pipe(unet, vae, text_encoder, tokenizer);
     // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
     auto validate = [&](int64_t step, int64_t tensorboard_step) {
-        if (c.validation_prompts.empty()) return;
+        if (c.validation_prompts.empty() || !is_main) return;
         log_validation(c, validation_pipe, ema.get(), prediction_type, seed, step, tensorboard_step,
                        frozen.dtype.value(), tensorboard.get());
     };
 
     const std::string metrics =
         c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";
-    ProgressReporter progress(max_steps, global_step, c.logging_steps, metrics);
+    std::unique_ptr<ProgressReporter> progress;
+    if (is_main)
+        progress =
+            std::make_unique<ProgressReporter>(max_steps, global_step, c.logging_steps, metrics);
+    // A checkpoint; collective under ZeRO-1 (the state shards are gathered on rank 0).
     auto save = [&] {
+        TensorMap optimizer_state;
+        if (zero1) {
+            auto shards = dist::gather_tensor_maps(*group, optimizer->state_dict(),
+                                                   "gathering the ZeRO-1 optimizer state");
+            if (is_main) optimizer_state = dist::merge_optimizer_states(shards, owned_names);
+        } else if (is_main) {
+            optimizer_state = optimizer->state_dict();
+        }
+        if (!is_main) return;
         TrainerState s;
-        s.global_step = global_step;
-        s.loader      = loader.position();
-        s.lr_schedule = schedule.state();
-        s.extra  = {{"skipped_samples", loader.skipped()}, {"grad_scaler", scaler.state_dict()}};
-        s.config = c.to_json();
-        const auto path = save_checkpoint(c.output_dir, unet, ema.get(), *optimizer, generator, s,
-                                          c.checkpoints_total_limit);
-        progress.message("saved " + path);
+        s.global_step   = global_step;
+        s.loader        = loader.position();
+        s.lr_schedule   = schedule.state();
+        s.extra         = {{"skipped_samples", loader.skipped()},
+                           {"grad_scaler", scaler.state_dict()},
+                           {"world_size", W},
+                           {"train_batch_size", c.train_batch_size}};
+        s.config        = c.to_json();
+        const auto path = save_checkpoint(c.output_dir, unet, ema.get(), optimizer_state, generator,
+                                          s, c.checkpoints_total_limit);
+        progress->message("saved " + path);
     };
 
     const int64_t start_step = global_step;
     std::vector<double> losses;  // for the end-of-run summary
+    std::vector<torch::Tensor> param_list;
+    for (const auto& p : params) param_list.push_back(p.value());
+    const auto pixel_shape =
+        std::vector<int64_t>{0, 3, int64_t(c.resolution), int64_t(c.resolution)};
     // 6. The loop: one iteration = one optimizer step of GA micro-batches (fewer at the end of
     //    an epoch, where accelerate syncs too).
     while (global_step < max_steps) {
         const auto t0 = std::chrono::steady_clock::now();
         int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
         bool epoch_done = false;  // this step consumed the epoch's last batch
+        bool prepared   = false;  // the reducer saw this step's last backward
         double loss_sum = 0;
         while (micro < GA) {
             auto batch = loader.next();
@@ -304,29 +434,60 @@ TrainResult train(const TrainConfig& c) {
                 if (micro > 0) break;  // end of epoch: sync with what was accumulated
                 continue;              // the next call starts the next epoch
             }
-            epoch       = batch->epoch;
-            epoch_done  = loader.position().batch >= loader.batches_per_epoch();
+            epoch                 = batch->epoch;
+            epoch_done            = loader.position().batch >= loader.batches_per_epoch();
+            const bool last_micro = micro + 1 == GA || epoch_done;
+            const int64_t n       = batch->size();
+            // One process: the draws of this batch. Several: the draws of the step's global
+            // batch (the same generator state on every rank), of which this rank uses its rows.
+            auto shape = pixel_shape;
+            shape[0]   = group ? batch->global_size : n;
+            auto draws = draw_step_randoms(latent_shape(vae->config, shape),
+                                           noise_scheduler.config().num_train_timesteps, generator,
+                                           loss_cfg);
+            if (reducer && last_micro) {
+                reducer->prepare_for_backward();
+                prepared = true;
+            }
+            ++micro;
+            if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
+                if (epoch_done) break;
+                continue;
+            }
+            if (group) draws = slice_draws(draws, batch->global_offset, n);
             auto pixels = batch->pixel_values.to(device, frozen.dtype.value());
             auto ids    = batch->input_ids.to(device);
-            auto draws  = draw_step_randoms(latent_shape(vae->config, pixels.sizes()),
-                                            noise_scheduler.config().num_train_timesteps, generator,
-                                            loss_cfg);
             StepOutputs out;
             {
                 AutocastGuard autocast(device, frozen.dtype.value());  // no-op for fp32
                 out = compute_step(unet, vae, text_encoder, noise_scheduler, pixels, ids, draws,
                                    loss_cfg);
             }
-            // accelerate divides by GA; fp16 scales the loss (GradScaler), others pass through.
-            scaler.scale(out.loss / static_cast<double>(GA)).backward();
-            loss_sum += out.loss.item<double>();
-            samples += pixels.size(0);
-            ++micro;
+            // accelerate divides by GA; with several ranks each loss is also weighted by the
+            // rank's share of the step's samples (the sum over ranks is the mean over all).
+            const double share = group ? double(n) / double(batch->global_size) : 1.0;
+            auto loss          = out.loss / static_cast<double>(GA);
+            if (group) loss = loss * share;
+            // fp16 scales the loss (GradScaler); others pass through.
+            scaler.scale(loss).backward();
+            loss_sum += out.loss.item<double>() * share;
+            samples += n;
             if (epoch_done) break;  // accelerate syncs at the end of the dataloader
         }
         // ---- optimizer step ----
-        std::vector<torch::Tensor> param_list;
-        for (const auto& p : params) param_list.push_back(p.value());
+        bool stop_signal = g_stop_signal.load() != 0;
+        if (group) {
+            if (!prepared) reducer->prepare_for_backward();
+            group->set_progress(global_step);
+            reducer->finish();  // gradients summed over ranks
+            // The logged loss is the mean over ranks; a signal on any rank stops all of them.
+            auto totals = torch::tensor({loss_sum, double(samples), stop_signal ? 1.0 : 0.0},
+                                        torch::kFloat64);
+            group->all_reduce(totals, "the loss all-reduce");
+            loss_sum    = totals[0].item<double>();
+            samples     = static_cast<int64_t>(totals[1].item<double>());
+            stop_signal = totals[2].item<double>() > 0;
+        }
         if (scaler.is_enabled()) scaler.unscale_(param_list);
         const double grad_norm = clip_grad_norm(params, c.max_grad_norm).item<double>();
         const double step_lr   = schedule.get_lr();
@@ -335,13 +496,19 @@ TrainResult train(const TrainConfig& c) {
         if (scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
         scaler.update();
         optimizer->zero_grad();
+        if (zero1) {
+            for (auto& p : param_list) p.mutable_grad() = torch::Tensor();  // not owned: drop
+            dist::sync_owned_parameters(*group, params, owner);
+        }
         if (ema) ema->step(params);
         ++global_step;
         // ---- end of optimizer step ----
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         losses.push_back(loss_sum / static_cast<double>(GA));
-        progress.update({global_step, epoch, losses.back(), step_lr, grad_norm, dt, samples / dt});
+        if (progress)
+            progress->update({global_step, epoch, losses.back(), step_lr, grad_norm, dt,
+                              samples / dt, double(optimizer->state_bytes()) / (1 << 20)});
         if (tensorboard) {
             tensorboard->add_scalar("train_loss", losses.back(), global_step);
             tensorboard->add_scalar("lr", step_lr, global_step);
@@ -357,19 +524,19 @@ TrainResult train(const TrainConfig& c) {
             validate(global_step, global_step);
 
         // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
-        const bool stop = g_stop_signal.load() != 0 ||
-                          (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
+        const bool stop =
+            stop_signal || (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
         if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
         if (stop && global_step < max_steps) {
-            progress.finish();
+            if (progress) progress->finish();
             log_warn(
                 "stopped at step %lld (%s); continue with: t2i train <same flags> "
                 "--resume_from_checkpoint latest",
-                (long long)global_step, g_stop_signal.load() ? "signal" : "--stop_after_steps");
+                (long long)global_step, stop_signal ? "signal" : "--stop_after_steps");
             return TrainResult::kInterrupted;
         }
     }
-    progress.finish();
+    if (progress) progress->finish();
     if (losses.size() >= 2) {
         const size_t n = std::max<size_t>(1, losses.size() / 10);
         double first = 0, last = 0;
@@ -381,7 +548,8 @@ TrainResult train(const TrainConfig& c) {
     if (loader.skipped() > 0)
         log_warn("skipped %lld unreadable samples", (long long)loader.skipped());
 
-    // 7. Save: EMA weights into the UNet, then the pipeline folder.
+    // 7. Save (rank 0): EMA weights into the UNet, then the pipeline folder.
+    if (!is_main) return TrainResult::kFinished;
     if (ema) ema->copy_to(params);
     save_final_model(c, unet, prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());

@@ -1,7 +1,9 @@
 // Implements: util/log.h.
 #include "util/log.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -9,8 +11,19 @@
 
 namespace t2i {
 
+static int g_rank = 0, g_world_size = 1;
+
+void set_log_rank(int rank, int world_size) {
+    g_rank       = rank;
+    g_world_size = world_size;
+}
+
 static void vlog(const char* level, const char* fmt, va_list ap) {
-    std::fprintf(stderr, "[t2i %s] ", level);
+    if (g_rank != 0 && level[0] == 'i') return;  // info only from rank 0
+    if (g_world_size > 1)
+        std::fprintf(stderr, "[t2i %s rank %d] ", level, g_rank);
+    else
+        std::fprintf(stderr, "[t2i %s] ", level);
     std::vfprintf(stderr, fmt, ap);
     std::fputc('\n', stderr);
 }
@@ -50,7 +63,13 @@ std::string strformat(const char* fmt, ...) {
 }
 
 void set_num_threads(int n) {
-    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+    if (n <= 0) {
+        // All cores, shared among the processes a launcher started on this machine.
+        n                    = static_cast<int>(std::thread::hardware_concurrency());
+        const char* local_ws = std::getenv("LOCAL_WORLD_SIZE");
+        const int procs      = local_ws ? std::atoi(local_ws) : 1;
+        if (procs > 1) n = std::max(1, n / procs);
+    }
     if (n <= 0) n = 1;
     torch::set_num_threads(n);
     // Initializes this thread's OpenMP team size now, so worker threads that later lower the

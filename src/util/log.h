@@ -10,6 +10,10 @@ void log_info(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// With several processes: messages get a "[rank R]" tag and ranks other than 0 print only
+// warnings and errors (as accelerate's logger on the main process).
+void set_log_rank(int rank, int world_size);
+
 // printf into a std::string; used to build error messages.
 std::string strformat(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -1,0 +1,435 @@
+// Implements: dist/process_group.h.
+#include "dist/process_group.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cerrno>
+#include <cstdlib>
+#include <sstream>
+
+#include "util/log.h"
+
+namespace t2i::dist {
+
+namespace {
+
+// An integer environment variable, or `fallback` when it is unset.
+int env_int(const char* name, int fallback, int min_value) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return fallback;
+    char* end = nullptr;
+    errno     = 0;
+    long x    = std::strtol(v, &end, 10);
+    if (errno || *end || x < min_value || x > 1 << 24)
+        throw std::runtime_error(strformat(
+            "environment variable %s='%s' is not an integer >= %d; it is set by the launcher "
+            "(t2i launch, torchrun, accelerate launch): unset it or fix its value",
+            name, v, min_value));
+    return static_cast<int>(x);
+}
+
+std::string heartbeat_key(int rank) { return "t2i/heartbeat/" + std::to_string(rank); }
+
+std::vector<uint8_t> to_bytes(const std::string& s) { return {s.begin(), s.end()}; }
+
+}  // namespace
+
+WorldInfo WorldInfo::from_env() {
+    WorldInfo w;
+    w.world_size = env_int("WORLD_SIZE", 1, 1);
+    w.rank       = env_int("RANK", 0, 0);
+    if (w.rank >= w.world_size)
+        throw std::runtime_error(strformat(
+            "environment: RANK=%d is not below WORLD_SIZE=%d; the launcher must give each of "
+            "the WORLD_SIZE processes a distinct RANK in [0, WORLD_SIZE)",
+            w.rank, w.world_size));
+    w.local_rank       = env_int("LOCAL_RANK", w.rank, 0);
+    w.local_world_size = env_int("LOCAL_WORLD_SIZE", w.world_size, 1);
+    if (const char* a = std::getenv("MASTER_ADDR"); a && *a) w.master_addr = a;
+    w.master_port = env_int("MASTER_PORT", 29500, 1);
+    if (w.master_port > 65535)
+        throw std::runtime_error(
+            strformat("environment variable MASTER_PORT=%d is not a TCP port", w.master_port));
+    return w;
+}
+
+struct ProcessGroup::Backend {
+    c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#ifdef USE_C10D_NCCL
+    c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
+#endif
+    template <typename Fn>
+    auto call(Fn&& fn) {
+#ifdef USE_C10D_NCCL
+        if (nccl) return fn(nccl);
+#endif
+        return fn(gloo);
+    }
+};
+
+ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
+    : world_(world), options_(options), backend_(std::make_unique<Backend>()) {
+    const std::string where = world.master_addr + ":" + std::to_string(world.master_port);
+    c10d::TCPStoreOptions so;
+    so.port        = static_cast<uint16_t>(world.master_port);
+    so.isServer    = world.rank == 0;
+    so.numWorkers  = static_cast<size_t>(world.world_size);
+    so.waitWorkers = true;
+    so.timeout     = options.timeout;
+    try {
+        store_ = c10::make_intrusive<c10d::TCPStore>(world.master_addr, so);
+        c10d::TCPStoreOptions ho;
+        ho.port        = so.port;
+        ho.waitWorkers = false;
+        ho.timeout     = std::max(options.heartbeat_interval * 5, std::chrono::milliseconds(5000));
+        hb_store_      = c10::make_intrusive<c10d::TCPStore>(world.master_addr, ho);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(strformat(
+            "rank %d of %d: rendezvous at MASTER_ADDR:MASTER_PORT = %s failed within %llds: %s. "
+            "Check that all %d processes were started with the same MASTER_ADDR / MASTER_PORT, "
+            "that rank 0 can listen on that port, and raise --ddp_timeout if workers start late",
+            world.rank, world.world_size, where.c_str(),
+            (long long)(options.timeout.count() / 1000), e.what(), world.world_size));
+    }
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("t2i/pg", store_);
+    if (options.backend == "nccl") {
+#ifdef USE_C10D_NCCL
+        auto o     = c10d::ProcessGroupNCCL::Options::create();
+        o->timeout = options.timeout;
+        backend_->nccl =
+            c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, world.rank, world.world_size, o);
+#else
+        throw std::runtime_error(
+            "--ddp_backend nccl: this t2i was built without NCCL (libtorch CPU build); use "
+            "--ddp_backend gloo, or build against a CUDA libtorch");
+#endif
+    } else if (options.backend == "gloo") {
+        auto o             = c10d::ProcessGroupGloo::Options::create(options.timeout);
+        const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+        if (ifname && *ifname)
+            o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+        else if (world.master_addr == "127.0.0.1" || world.master_addr == "localhost")
+            o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+        else
+            o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+        try {
+            backend_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, world.rank,
+                                                                         world.world_size, o);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(strformat(
+                "rank %d of %d: connecting the Gloo process group failed: %s. On several "
+                "machines, set GLOO_SOCKET_IFNAME to the network interface the ranks share",
+                world.rank, world.world_size, e.what()));
+        }
+    } else {
+        throw std::runtime_error("--ddp_backend must be gloo or nccl, got '" + options.backend +
+                                 "'");
+    }
+    heartbeat_ = std::thread([this] { heartbeat_loop(); });
+}
+
+ProcessGroup::~ProcessGroup() {
+    stop_ = true;
+    if (heartbeat_.joinable()) heartbeat_.join();
+    backend_.reset();
+    hb_store_.reset();
+    store_.reset();
+}
+
+void ProcessGroup::heartbeat_loop() {
+    int64_t beats = 0;
+    while (!stop_) {
+        {
+            std::lock_guard<std::mutex> lock(hb_mutex_);
+            try {
+                hb_store_->set(
+                    heartbeat_key(world_.rank),
+                    to_bytes(std::to_string(++beats) + " " + std::to_string(progress_.load())));
+            } catch (const std::exception&) {
+                // The store host (rank 0) is gone; diagnose_peers reports it.
+            }
+        }
+        const auto until = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+        while (!stop_ && std::chrono::steady_clock::now() < until)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+}
+
+std::string ProcessGroup::diagnose_peers() {
+    // (beats, step) per rank; beats = -1 when the rank never wrote one.
+    auto snapshot = [&] {
+        std::vector<std::pair<int64_t, int64_t>> s(size_t(world_.world_size), {-1, -1});
+        std::lock_guard<std::mutex> lock(hb_mutex_);
+        for (int q = 0; q < world_.world_size; ++q) {
+            if (!hb_store_->check({heartbeat_key(q)})) continue;
+            const auto v = hb_store_->get(heartbeat_key(q));
+            std::istringstream in(std::string(v.begin(), v.end()));
+            in >> s[size_t(q)].first >> s[size_t(q)].second;
+        }
+        return s;
+    };
+    try {
+        const auto before = snapshot();
+        std::this_thread::sleep_for(options_.heartbeat_interval * 5 / 2);
+        const auto after = snapshot();
+        std::string dead, lagging;
+        int64_t newest = -1;
+        for (const auto& a : after) newest = std::max(newest, a.second);
+        for (int q = 0; q < world_.world_size; ++q) {
+            if (q == world_.rank) continue;
+            const auto& b = before[size_t(q)];
+            const auto& a = after[size_t(q)];
+            if (a.first < 0)
+                dead += strformat("rank %d never sent a heartbeat; ", q);
+            else if (a.first == b.first)
+                dead += strformat(
+                    "rank %d stopped sending heartbeats at step %lld (it died or "
+                    "is frozen); ",
+                    q, (long long)a.second);
+            else if (a.second < newest)
+                lagging += strformat(
+                    "rank %d is alive but still at step %lld (it hangs or is "
+                    "slower than --ddp_timeout allows); ",
+                    q, (long long)a.second);
+        }
+        if (!dead.empty()) return dead.substr(0, dead.size() - 2);
+        if (!lagging.empty()) return lagging.substr(0, lagging.size() - 2);
+        return "every other rank still sends heartbeats";
+    } catch (const std::exception&) {
+        return strformat(
+            "the TCPStore on rank 0 (%s:%d) is unreachable: rank 0 died or its machine is down",
+            world_.master_addr.c_str(), world_.master_port);
+    }
+}
+
+void ProcessGroup::fail(const std::string& what, const std::string& error) {
+    const std::string peers = diagnose_peers();
+    throw CollectiveError(strformat(
+        "rank %d of %d: %s failed: %s. %s. The last complete checkpoint in --output_dir is "
+        "usable: resume with --resume_from_checkpoint latest (on any number of processes)",
+        world_.rank, world_.world_size, what.c_str(), error.c_str(), peers.c_str()));
+}
+
+c10::intrusive_ptr<c10d::Work> ProcessGroup::all_reduce_async(torch::Tensor& tensor) {
+    std::vector<at::Tensor> v{tensor};
+    return backend_->call([&](auto& pg) { return pg->allreduce(v); });
+}
+
+void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
+    try {
+        work->wait();
+    } catch (const std::exception& e) {
+        fail(what, e.what());
+    }
+}
+
+void ProcessGroup::all_reduce(torch::Tensor& tensor, const std::string& what) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+        work = all_reduce_async(tensor);
+    } catch (const std::exception& e) {
+        fail(what, e.what());
+    }
+    wait(work, what);
+}
+
+void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root,
+                             const std::string& what) {
+    torch::NoGradGuard no_grad;
+    // One flat buffer per dtype, in first-appearance order (the same on every rank).
+    std::vector<torch::ScalarType> dtypes;
+    for (const auto& t : tensors)
+        if (std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) == dtypes.end())
+            dtypes.push_back(t.scalar_type());
+    for (const auto dtype : dtypes) {
+        std::vector<torch::Tensor> group;
+        for (const auto& t : tensors)
+            if (t.scalar_type() == dtype) group.push_back(t);
+        std::vector<torch::Tensor> flat_parts;
+        for (const auto& t : group) flat_parts.push_back(t.reshape({-1}));
+        std::vector<at::Tensor> flat{torch::cat(flat_parts)};
+        c10d::BroadcastOptions o;
+        o.rootRank = root;
+        c10::intrusive_ptr<c10d::Work> work;
+        try {
+            work = backend_->call([&](auto& pg) { return pg->broadcast(flat, o); });
+        } catch (const std::exception& e) {
+            fail(what, e.what());
+        }
+        wait(work, what);
+        if (world_.rank == root) continue;
+        int64_t offset = 0;
+        for (auto& t : group) {
+            t.copy_(flat[0].narrow(0, offset, t.numel()).view_as(t));
+            offset += t.numel();
+        }
+    }
+}
+
+void ProcessGroup::barrier(const std::string& what) {
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+        work = backend_->call([&](auto& pg) { return pg->barrier(); });
+    } catch (const std::exception& e) {
+        fail(what, e.what());
+    }
+    wait(work, what);
+}
+
+void ProcessGroup::send(torch::Tensor& tensor, int dst, int tag, const std::string& what) {
+    std::vector<at::Tensor> v{tensor};
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+        work = backend_->call([&](auto& pg) { return pg->send(v, dst, tag); });
+    } catch (const std::exception& e) {
+        fail(what, e.what());
+    }
+    wait(work, what);
+}
+
+void ProcessGroup::recv(torch::Tensor& tensor, int src, int tag, const std::string& what) {
+    std::vector<at::Tensor> v{tensor};
+    c10::intrusive_ptr<c10d::Work> work;
+    try {
+        work = backend_->call([&](auto& pg) { return pg->recv(v, src, tag); });
+    } catch (const std::exception& e) {
+        fail(what, e.what());
+    }
+    wait(work, what);
+}
+
+void ProcessGroup::store_set(const std::string& key, const std::string& value) {
+    store_->set("t2i/kv/" + key, to_bytes(value));
+}
+
+std::string ProcessGroup::store_get(const std::string& key) {
+    try {
+        const auto v = store_->get("t2i/kv/" + key);
+        return std::string(v.begin(), v.end());
+    } catch (const std::exception& e) {
+        fail("reading '" + key + "' from the TCPStore", e.what());
+    }
+}
+
+// ---- GradReducer ----
+
+GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params,
+                         int64_t bucket_cap_bytes)
+    : group_(group) {
+    for (auto& p : params)
+        if (p.requires_grad()) params_.push_back(p);
+    TORCH_CHECK(!params_.empty(), "GradReducer: no parameter requires grad");
+    slot_.resize(params_.size());
+    filled_.assign(params_.size(), false);
+    // Reverse order: the last layers' gradients are ready first.
+    int64_t bytes = 0;
+    for (size_t k = params_.size(); k-- > 0;) {
+        const auto& p        = params_[k];
+        const int64_t pbytes = p.numel() * static_cast<int64_t>(p.element_size());
+        const bool new_bucket =
+            buckets_.empty() || bytes + pbytes > bucket_cap_bytes ||
+            params_[buckets_.back().params.front()].scalar_type() != p.scalar_type();
+        if (new_bucket) {
+            buckets_.emplace_back();
+            bytes = 0;
+        }
+        auto& b  = buckets_.back();
+        slot_[k] = {buckets_.size() - 1, b.params.size()};
+        b.offsets.push_back(
+            b.offsets.empty() ? 0 : b.offsets.back() + params_[b.params.back()].numel());
+        b.params.push_back(k);
+        bytes += pbytes;
+    }
+    for (auto& b : buckets_) {
+        const auto& last = params_[b.params.back()];
+        b.flat =
+            torch::zeros({b.offsets.back() + last.numel()}, last.options().requires_grad(false));
+    }
+    for (size_t k = 0; k < params_.size(); ++k)
+        hook_ids_.push_back(
+            params_[k].register_hook([this, k](torch::Tensor g) { on_grad(k, g); }));
+}
+
+GradReducer::~GradReducer() {
+    for (size_t k = 0; k < params_.size(); ++k) params_[k].remove_hook(hook_ids_[k]);
+}
+
+void GradReducer::prepare_for_backward() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    active_      = true;
+    next_launch_ = 0;
+    std::fill(filled_.begin(), filled_.end(), false);
+    for (auto& b : buckets_) {
+        b.pending = b.params.size();
+        b.work.reset();
+    }
+}
+
+void GradReducer::on_grad(size_t k, const torch::Tensor& grad) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!active_ || filled_[k]) return;
+    torch::NoGradGuard no_grad;
+    const auto [bi, pos] = slot_[k];
+    auto& b              = buckets_[bi];
+    const auto& p        = params_[k];
+    auto view            = b.flat.narrow(0, b.offsets[pos], p.numel()).view(p.sizes());
+    // The hook sees the incoming gradient before AccumulateGrad adds it to .grad: the value
+    // .grad will hold is the sum of both.
+    if (p.grad().defined())
+        torch::add_out(view, p.grad(), grad);
+    else
+        view.copy_(grad);
+    filled_[k] = true;
+    if (--b.pending == 0) launch_ready();
+}
+
+void GradReducer::launch(size_t bi) {
+    buckets_[bi].work = group_.all_reduce_async(buckets_[bi].flat);
+}
+
+void GradReducer::launch_ready() {
+    while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0)
+        launch(next_launch_++);
+}
+
+void GradReducer::finish() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    TORCH_CHECK(active_, "GradReducer::finish without prepare_for_backward");
+    torch::NoGradGuard no_grad;
+    for (size_t k = 0; k < params_.size(); ++k) {
+        if (filled_[k]) continue;
+        const auto [bi, pos] = slot_[k];
+        auto& b              = buckets_[bi];
+        auto view = b.flat.narrow(0, b.offsets[pos], params_[k].numel()).view(params_[k].sizes());
+        if (params_[k].grad().defined())
+            view.copy_(params_[k].grad());
+        else
+            view.zero_();
+        filled_[k] = true;
+        --b.pending;
+    }
+    launch_ready();
+    active_ = false;
+    lock.unlock();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto& b : buckets_) group_.wait(b.work, "the gradient all-reduce");
+    last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (auto& b : buckets_) {
+        for (size_t j = 0; j < b.params.size(); ++j) {
+            auto& p   = params_[b.params[j]];
+            auto view = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes());
+            if (p.grad().defined())
+                p.mutable_grad().copy_(view);
+            else
+                p.mutable_grad() = view.clone();
+        }
+        b.work.reset();
+    }
+}
+
+}  // namespace t2i::dist
