@@ -7,6 +7,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   cmake ninja-build clang ccache clang-format   # build tools (clang++: fast builds with PCH)
   libtorch-dev                                  # PyTorch C++ API 1.13.1 (CPU)
+  libgloo-dev                                   # headers of c10d's Gloo backend (multi-process)
   libopenblas0-openmp                           # fast BLAS for libtorch (the default is ~23x slower)
   libgoogle-perftools-dev                       # tcmalloc_minimal: faster allocation in attention
   nlohmann-json3-dev                            # config.json, safetensors headers
