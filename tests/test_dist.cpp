@@ -462,6 +462,50 @@ TEST(DataParallel, ARankThatDiesOrHangsEndsTheRunNamingIt) {
     }
 }
 
+// Ctrl-C / SIGTERM to the launcher reaches every rank once; they agree on one step, rank 0
+// writes its checkpoint, all exit 130, and the run resumes from it.
+TEST(Launch, ForwardsSigtermAndEveryRankStopsAtTheSameStepWithACheckpoint) {
+    TempDir dir;
+    const auto data              = testing::make_image_dataset(dir, 8);
+    const std::string out        = dir.file("out");
+    std::vector<std::string> all = {T2I_BINARY, "launch",        "--nproc_per_node",
+                                    "2",        "--master_port", std::to_string(free_port()),
+                                    "--",       "train"};
+    const auto args              = train_args(data, out, 2, 100000);
+    all.insert(all.end(), args.begin(), args.end());
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        std::FILE* f = std::freopen(dir.file("launch.log").c_str(), "w", stderr);
+        (void)f;
+        std::vector<char*> argv;
+        for (auto& a : all) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        ::execv(T2I_BINARY, argv.data());
+        ::_exit(127);
+    }
+    for (int i = 0; i < 1200 && logged_losses(out).size() < 2; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ::kill(pid, SIGTERM);
+    const int status = wait_for(pid, 60);
+    if (status == -1) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+    }
+    const auto log = read_file(dir.file("launch.log"));
+    ASSERT_NE(status, -1) << "the launcher did not stop within 60 s:\n" << log;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << log;
+    const auto checkpoints = training::list_checkpoints(out);
+    ASSERT_EQ(checkpoints.size(), 1u) << log;
+    const int64_t step = checkpoints[0].first;
+    EXPECT_EQ(int64_t(logged_losses(out).size()), step) << "rank 0 logged other steps";
+    for (const char* rank : {"rank 0] ", "rank 1] "})
+        EXPECT_NE(log.find(rank + std::string("stopped at step ") + std::to_string(step)),
+                  std::string::npos)
+            << log;
+    EXPECT_EQ(log.find("error"), std::string::npos) << log;
+}
+
 TEST(Launch, SetsTorchrunsEnvironmentAndStopsEveryWorkerWhenOneFails) {
     const std::string port = std::to_string(free_port());
     auto r = run_t2i({"launch", "--nproc_per_node", "2", "--master_port", port, "--", "sh", "-c",
