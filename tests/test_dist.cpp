@@ -114,20 +114,23 @@ TEST(Dist, GradReducerSumsGradientsOverRanksInEveryBucketLayout) {
             std::vector<torch::Tensor> w = {torch::zeros({3}, torch::requires_grad()),
                                             torch::zeros({2, 2}, torch::requires_grad()),
                                             torch::zeros({5}, torch::requires_grad()),
-                                            torch::zeros({4}, torch::requires_grad())};
+                                            torch::zeros({4}, torch::requires_grad()),
+                                            torch::zeros({6}, torch::requires_grad())};
             dist::GradReducer reducer(group, w, cap);
-            EXPECT_EQ(reducer.num_buckets(), cap == 8 ? 4u : 1u);
+            EXPECT_EQ(reducer.num_buckets(), cap == 8 ? 5u : 1u);
             auto x = [&](int r, size_t i) {
                 return torch::arange(w[i].numel(), torch::kFloat32).view(w[i].sizes()) * (r + 1) +
                        double(i);
             };
             for (int step = 0; step < 2; ++step) {
-                // Micro-step 1 (no sync): w[0..2]; micro-step 2 (sync): w[0], w[1]; w[3] unused.
+                // Micro-step 1 (no sync): w[0..2]; micro-step 2 (sync): w[0], w[1], and w[4] on
+                // rank 1 only; w[3] unused.
                 auto loss1 = (w[0] * x(group.rank(), 0)).sum() + (w[1] * x(group.rank(), 1)).sum() +
                              (w[2] * x(group.rank(), 2)).sum();
                 loss1.backward();
                 reducer.prepare_for_backward();
                 auto loss2 = (w[0] * x(group.rank(), 0)).sum() + (w[1] * x(group.rank(), 1)).sum();
+                if (group.rank() == 1) loss2 = loss2 + (w[4] * x(1, 4)).sum();
                 loss2.backward();
                 reducer.finish();
                 for (size_t i = 0; i < 3; ++i) {
@@ -135,7 +138,9 @@ TEST(Dist, GradReducerSumsGradientsOverRanksInEveryBucketLayout) {
                     for (int r = 0; r < world; ++r) expected += x(r, i) * (i < 2 ? 2 : 1);
                     EXPECT_TRUE(torch::equal(w[i].grad(), expected)) << "param " << i;
                 }
-                EXPECT_TRUE(torch::equal(w[3].grad(), torch::zeros({4})));
+                EXPECT_FALSE(w[3].grad().defined()) << "unused everywhere: no gradient";
+                ASSERT_TRUE(w[4].grad().defined()) << "used on rank 1";
+                EXPECT_TRUE(torch::equal(w[4].grad(), x(1, 4)));
                 for (auto& p : w) p.mutable_grad() = torch::Tensor();
             }
         });
@@ -424,41 +429,50 @@ TEST(DataParallel, ARankThatDiesOrHangsEndsTheRunNamingIt) {
     const auto data = testing::make_image_dataset(dir, 8);
     struct Case {
         const char* name;
+        int world;
         int victim;  // the rank that dies or hangs
         int signal;  // SIGKILL: dies; SIGSTOP: hangs (no heartbeats, no collectives)
         const char* expected;
     };
-    for (const Case& k : {Case{"rank 1 killed", 1, SIGKILL, "rank 1 stopped sending heartbeats"},
-                          Case{"rank 1 hangs", 1, SIGSTOP, "rank 1 stopped sending heartbeats"},
-                          Case{"rank 0 killed", 0, SIGKILL, "rank 0"}}) {
+    for (const Case& k :
+         {Case{"rank 1 killed", 2, 1, SIGKILL, "rank 1 stopped sending heartbeats"},
+          Case{"rank 1 hangs", 2, 1, SIGSTOP, "rank 1 stopped sending heartbeats"},
+          Case{"rank 0 killed", 2, 0, SIGKILL, "rank 0"},
+          // Every survivor names the right rank, also those that notice after another did.
+          Case{"rank 2 of 3 killed", 3, 2, SIGKILL, "rank 2 stopped sending heartbeats"}}) {
         const std::string out = dir.file("out");
         fs::remove_all(out);
         auto args = train_args(data, out, 2, 100000);
         // A hung peer is detected after --ddp_timeout.
         args.insert(args.end(), {"--ddp_timeout", "4"});
         const int port = free_port();
-        const pid_t p0 = start_rank(0, 2, port, args, dir.file("rank0.log"));
-        const pid_t p1 = start_rank(1, 2, port, args, dir.file("rank1.log"));
+        std::vector<pid_t> pids;
+        for (int r = 0; r < k.world; ++r)
+            pids.push_back(
+                start_rank(r, k.world, port, args, dir.file("rank" + std::to_string(r) + ".log")));
         // Wait until training runs (rank 0 logged two steps).
         for (int i = 0; i < 1200 && logged_losses(out).size() < 2; ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         ASSERT_GE(logged_losses(out).size(), 2u) << read_file(dir.file("rank0.log"));
-        const pid_t victim = k.victim == 0 ? p0 : p1, survivor = k.victim == 0 ? p1 : p0;
-        ::kill(victim, k.signal);
-        // Bounded: the survivor must stop well within --ddp_timeout plus the diagnosis.
-        const int status = wait_for(survivor, 30);
-        ::kill(victim, SIGKILL);
-        ::waitpid(victim, nullptr, 0);
-        if (status == -1) {
-            ::kill(survivor, SIGKILL);
-            ::waitpid(survivor, nullptr, 0);
-            ADD_FAILURE() << k.name << ": the surviving rank did not stop within 30 s";
-            continue;
+        ::kill(pids[size_t(k.victim)], k.signal);
+        // Bounded: every survivor must stop well within --ddp_timeout plus the diagnosis.
+        for (int r = 0; r < k.world; ++r) {
+            if (r == k.victim) continue;
+            const int status = wait_for(pids[size_t(r)], 30);
+            const auto log   = read_file(dir.file("rank" + std::to_string(r) + ".log"));
+            if (status == -1) {
+                ::kill(pids[size_t(r)], SIGKILL);
+                ::waitpid(pids[size_t(r)], nullptr, 0);
+                ADD_FAILURE() << k.name << ": rank " << r << " did not stop within 30 s";
+                continue;
+            }
+            EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << k.name;
+            EXPECT_NE(log.find(k.expected), std::string::npos) << k.name << ", rank " << r << ":\n"
+                                                               << log;
+            EXPECT_NE(log.find("--resume_from_checkpoint latest"), std::string::npos) << log;
         }
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << k.name;
-        const auto log = read_file(dir.file(k.victim == 0 ? "rank1.log" : "rank0.log"));
-        EXPECT_NE(log.find(k.expected), std::string::npos) << k.name << ":\n" << log;
-        EXPECT_NE(log.find("--resume_from_checkpoint latest"), std::string::npos) << log;
+        ::kill(pids[size_t(k.victim)], SIGKILL);
+        ::waitpid(pids[size_t(k.victim)], nullptr, 0);
     }
 }
 

@@ -5,6 +5,7 @@
 // and exits non-zero naming the rank. Mirrors torch/distributed/run.py +
 // torch/distributed/elastic/agent/server/local_elastic_agent.py (without restarts).
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,9 +27,12 @@ namespace t2i::cli {
 
 namespace {
 
-volatile std::sig_atomic_t g_signal = 0;
+volatile std::sig_atomic_t g_signal = 0, g_signal_count = 0;
 
-extern "C" void on_launcher_signal(int sig) { g_signal = sig; }
+extern "C" void on_launcher_signal(int sig) {
+    g_signal       = sig;
+    g_signal_count = g_signal_count + 1;
+}
 
 const char* const kSubcommands[] = {"train",    "generate",   "inspect",
                                     "tokenize", "init-model", "demo-data"};
@@ -95,18 +99,37 @@ int launch_command(const std::vector<std::string>& args) {
     sa.sa_handler = on_launcher_signal;
     sigemptyset(&sa.sa_mask);
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &sa, nullptr);
+    // Signals stay blocked while forking, so none is lost between fork and the child's reset.
+    sigset_t stop_signals, previous;
+    sigemptyset(&stop_signals);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&stop_signals, sig);
+    sigprocmask(SIG_BLOCK, &stop_signals, &previous);
 
     const int world_size = nnodes * nproc;
+    const pid_t launcher = getpid();
     std::map<pid_t, int> rank_of;  // running workers
+    // Each worker leads its own process group: signals reach what it started too.
+    auto signal_workers = [&](int sig) {
+        for (const auto& [pid, rank] : rank_of)
+            if (kill(-pid, sig) != 0) kill(pid, sig);
+    };
     for (int local = 0; local < nproc; ++local) {
         const int rank  = node_rank * nproc + local;
         const pid_t pid = fork();
-        if (pid < 0) throw std::runtime_error(std::string("fork failed: ") + std::strerror(errno));
+        if (pid < 0) {
+            const std::string error = std::strerror(errno);
+            signal_workers(SIGKILL);
+            throw std::runtime_error("fork failed: " + error);
+        }
         if (pid == 0) {
             // Own process group: a terminal's Ctrl-C reaches the launcher only, which forwards it
-            // once (a second SIGINT would stop a worker without its checkpoint).
+            // once (a second SIGINT would stop a worker without its checkpoint). If the launcher
+            // dies, the worker gets SIGTERM: it checkpoints and stops.
             setpgid(0, 0);
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
+            if (getppid() != launcher) _exit(1);
             for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, SIG_DFL);
+            sigprocmask(SIG_SETMASK, &previous, nullptr);
             setenv("RANK", std::to_string(rank).c_str(), 1);
             setenv("WORLD_SIZE", std::to_string(world_size).c_str(), 1);
             setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
@@ -122,28 +145,37 @@ int launch_command(const std::vector<std::string>& args) {
                          command[0].c_str(), std::strerror(errno));
             _exit(127);
         }
+        setpgid(pid, pid);  // also here: no race with a signal sent right after fork
         rank_of[pid] = rank;
     }
+    sigprocmask(SIG_SETMASK, &previous, nullptr);
     std::fprintf(stderr, "t2i launch: started %d worker(s), ranks %d-%d of %d\n", nproc,
                  node_rank * nproc, node_rank * nproc + nproc - 1, world_size);
 
     int result = 0, forwarded = 0;
     bool stopping      = false;
     auto stop_deadline = std::chrono::steady_clock::time_point::max();
-    auto stop_others   = [&](int sig) {
-        for (const auto& [pid, rank] : rank_of) kill(pid, sig);
-    };
     while (!rank_of.empty()) {
-        if (g_signal && g_signal != forwarded) {  // forward the user's signal once
-            forwarded = g_signal;
-            std::fprintf(stderr, "t2i launch: forwarding signal %d to %zu worker(s)\n",
-                         int(forwarded), rank_of.size());
-            stop_others(forwarded);
+        if (g_signal_count > forwarded) {
+            if (forwarded == 0) {
+                // The first Ctrl-C / SIGTERM / SIGHUP: every worker checkpoints and stops.
+                const int sig = g_signal == SIGINT ? SIGINT : SIGTERM;
+                std::fprintf(stderr,
+                             "t2i launch: signal %d: stopping %zu worker(s) after their current "
+                             "step (again to kill them at once)\n",
+                             int(g_signal), rank_of.size());
+                signal_workers(sig);
+            } else {
+                std::fprintf(stderr, "t2i launch: second signal: killing %zu worker(s)\n",
+                             rank_of.size());
+                signal_workers(SIGKILL);
+            }
+            forwarded = g_signal_count;
         }
         if (std::chrono::steady_clock::now() > stop_deadline) {
             std::fprintf(stderr, "t2i launch: %zu worker(s) still running after %ds: SIGKILL\n",
                          rank_of.size(), stop_timeout);
-            stop_others(SIGKILL);
+            signal_workers(SIGKILL);
             stop_deadline = std::chrono::steady_clock::time_point::max();
         }
         int status      = 0;
@@ -173,7 +205,7 @@ int launch_command(const std::vector<std::string>& args) {
                      "t2i launch: error: rank %d (pid %d) %s; stopping the other %zu worker(s) "
                      "(SIGTERM, SIGKILL after %ds)\n",
                      rank, int(pid), describe_status(status).c_str(), rank_of.size(), stop_timeout);
-        stop_others(SIGTERM);
+        signal_workers(SIGTERM);
         stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(stop_timeout);
     }
     if (result != 0 && result != 130)

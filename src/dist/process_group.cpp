@@ -35,6 +35,8 @@ int env_int(const char* name, int fallback, int min_value) {
 
 std::string heartbeat_key(int rank) { return "t2i/heartbeat/" + std::to_string(rank); }
 
+const std::string kFaultKey = "t2i/fault";
+
 std::vector<uint8_t> to_bytes(const std::string& s) { return {s.begin(), s.end()}; }
 
 }  // namespace
@@ -58,16 +60,19 @@ WorldInfo WorldInfo::from_env() {
     return w;
 }
 
+// Gloo always (CPU tensors: the loss, flags, gathered optimizer state, barriers), NCCL beside it
+// for CUDA tensors with --ddp_backend nccl (as torch keeps a Gloo group for object collectives).
 struct ProcessGroup::Backend {
     c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 #ifdef USE_C10D_NCCL
     c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
 #endif
     template <typename Fn>
-    auto call(Fn&& fn) {
+    auto call(bool device_tensors, Fn&& fn) {
 #ifdef USE_C10D_NCCL
-        if (nccl) return fn(nccl);
+        if (nccl && device_tensors) return fn(nccl);
 #endif
+        (void)device_tensors;
         return fn(gloo);
     }
 };
@@ -96,44 +101,47 @@ ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
             world.rank, world.world_size, where.c_str(),
             (long long)(options.timeout.count() / 1000), e.what(), world.world_size));
     }
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("t2i/pg", store_);
+    if (options.backend != "gloo" && options.backend != "nccl")
+        throw std::runtime_error("--ddp_backend must be gloo or nccl, got '" + options.backend +
+                                 "'");
     if (options.backend == "nccl") {
 #ifdef USE_C10D_NCCL
-        auto o     = c10d::ProcessGroupNCCL::Options::create();
-        o->timeout = options.timeout;
-        backend_->nccl =
-            c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, world.rank, world.world_size, o);
+        auto o         = c10d::ProcessGroupNCCL::Options::create();
+        o->timeout     = options.timeout;
+        backend_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+            c10::make_intrusive<c10d::PrefixStore>("t2i/nccl", store_), world.rank,
+            world.world_size, o);
 #else
         throw std::runtime_error(
             "--ddp_backend nccl: this t2i was built without NCCL (libtorch CPU build); use "
-            "--ddp_backend gloo, or build against a CUDA libtorch");
+            "--ddp_backend gloo, or build against a CUDA libtorch with -DT2I_WITH_NCCL=ON");
 #endif
-    } else if (options.backend == "gloo") {
-        auto o             = c10d::ProcessGroupGloo::Options::create(options.timeout);
-        const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-        if (ifname && *ifname)
-            o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-        else if (world.master_addr == "127.0.0.1" || world.master_addr == "localhost")
-            o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-        else
-            o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-        try {
-            backend_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, world.rank,
-                                                                         world.world_size, o);
-        } catch (const std::exception& e) {
-            throw std::runtime_error(strformat(
-                "rank %d of %d: connecting the Gloo process group failed: %s. On several "
-                "machines, set GLOO_SOCKET_IFNAME to the network interface the ranks share",
-                world.rank, world.world_size, e.what()));
-        }
-    } else {
-        throw std::runtime_error("--ddp_backend must be gloo or nccl, got '" + options.backend +
-                                 "'");
+    }
+    auto o             = c10d::ProcessGroupGloo::Options::create(options.timeout);
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    if (ifname && *ifname)
+        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+    else if (world.master_addr == "127.0.0.1" || world.master_addr == "localhost")
+        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    else
+        o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    try {
+        backend_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
+            c10::make_intrusive<c10d::PrefixStore>("t2i/pg", store_), world.rank, world.world_size,
+            o);
+    } catch (const std::exception& e) {
+        throw std::runtime_error(
+            strformat("rank %d of %d: connecting the Gloo process group failed: %s. On several "
+                      "machines, set GLOO_SOCKET_IFNAME to the network interface the ranks share",
+                      world.rank, world.world_size, e.what()));
     }
     heartbeat_ = std::thread([this] { heartbeat_loop(); });
 }
 
 ProcessGroup::~ProcessGroup() {
+    // After a failure, rank 0 keeps the store (and the diagnosis in it) up a little longer for
+    // the ranks that notice later.
+    if (failed_ && world_.rank == 0) std::this_thread::sleep_for(options_.heartbeat_interval * 4);
     stop_ = true;
     if (heartbeat_.joinable()) heartbeat_.join();
     backend_.reset();
@@ -161,6 +169,28 @@ void ProcessGroup::heartbeat_loop() {
 }
 
 std::string ProcessGroup::diagnose_peers() {
+    // The first rank that diagnosed the failure published it: later ones (whose peers may
+    // already have exited because of it) repeat that instead of guessing.
+    try {
+        std::lock_guard<std::mutex> lock(hb_mutex_);
+        if (hb_store_->check({kFaultKey})) {
+            const auto v = hb_store_->get(kFaultKey);
+            return std::string(v.begin(), v.end());
+        }
+    } catch (const std::exception&) {
+    }
+    std::string found = diagnose_heartbeats();
+    try {
+        std::lock_guard<std::mutex> lock(hb_mutex_);
+        const auto stored = hb_store_->compareSet(
+            kFaultKey, {}, to_bytes(strformat("rank %d found: ", world_.rank) + found));
+        return std::string(stored.begin(), stored.end());
+    } catch (const std::exception&) {
+        return found;
+    }
+}
+
+std::string ProcessGroup::diagnose_heartbeats() {
     // (beats, step) per rank; beats = -1 when the rank never wrote one.
     auto snapshot = [&] {
         std::vector<std::pair<int64_t, int64_t>> s(size_t(world_.world_size), {-1, -1});
@@ -208,6 +238,7 @@ std::string ProcessGroup::diagnose_peers() {
 }
 
 void ProcessGroup::fail(const std::string& what, const std::string& error) {
+    failed_                 = true;
     const std::string peers = diagnose_peers();
     throw CollectiveError(strformat(
         "rank %d of %d: %s failed: %s. %s. The last complete checkpoint in --output_dir is "
@@ -215,9 +246,11 @@ void ProcessGroup::fail(const std::string& what, const std::string& error) {
         world_.rank, world_.world_size, what.c_str(), error.c_str(), peers.c_str()));
 }
 
-c10::intrusive_ptr<c10d::Work> ProcessGroup::all_reduce_async(torch::Tensor& tensor) {
+c10::intrusive_ptr<c10d::Work> ProcessGroup::all_reduce_async(torch::Tensor& tensor, bool max) {
     std::vector<at::Tensor> v{tensor};
-    return backend_->call([&](auto& pg) { return pg->allreduce(v); });
+    c10d::AllreduceOptions o;
+    o.reduceOp = max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+    return backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->allreduce(v, o); });
 }
 
 void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
@@ -228,10 +261,10 @@ void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::s
     }
 }
 
-void ProcessGroup::all_reduce(torch::Tensor& tensor, const std::string& what) {
+void ProcessGroup::all_reduce(torch::Tensor& tensor, const std::string& what, bool max) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
-        work = all_reduce_async(tensor);
+        work = all_reduce_async(tensor, max);
     } catch (const std::exception& e) {
         fail(what, e.what());
     }
@@ -257,7 +290,8 @@ void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root
         o.rootRank = root;
         c10::intrusive_ptr<c10d::Work> work;
         try {
-            work = backend_->call([&](auto& pg) { return pg->broadcast(flat, o); });
+            work =
+                backend_->call(flat[0].is_cuda(), [&](auto& pg) { return pg->broadcast(flat, o); });
         } catch (const std::exception& e) {
             fail(what, e.what());
         }
@@ -274,7 +308,7 @@ void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root
 void ProcessGroup::barrier(const std::string& what) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
-        work = backend_->call([&](auto& pg) { return pg->barrier(); });
+        work = backend_->call(false, [&](auto& pg) { return pg->barrier(); });
     } catch (const std::exception& e) {
         fail(what, e.what());
     }
@@ -285,7 +319,7 @@ void ProcessGroup::send(torch::Tensor& tensor, int dst, int tag, const std::stri
     std::vector<at::Tensor> v{tensor};
     c10::intrusive_ptr<c10d::Work> work;
     try {
-        work = backend_->call([&](auto& pg) { return pg->send(v, dst, tag); });
+        work = backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->send(v, dst, tag); });
     } catch (const std::exception& e) {
         fail(what, e.what());
     }
@@ -296,7 +330,7 @@ void ProcessGroup::recv(torch::Tensor& tensor, int src, int tag, const std::stri
     std::vector<at::Tensor> v{tensor};
     c10::intrusive_ptr<c10d::Work> work;
     try {
-        work = backend_->call([&](auto& pg) { return pg->recv(v, src, tag); });
+        work = backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->recv(v, src, tag); });
     } catch (const std::exception& e) {
         fail(what, e.what());
     }
@@ -326,6 +360,7 @@ GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params,
     TORCH_CHECK(!params_.empty(), "GradReducer: no parameter requires grad");
     slot_.resize(params_.size());
     filled_.assign(params_.size(), false);
+    used_.assign(params_.size(), 0.0f);
     // Reverse order: the last layers' gradients are ready first.
     int64_t bytes = 0;
     for (size_t k = params_.size(); k-- > 0;) {
@@ -364,6 +399,7 @@ void GradReducer::prepare_for_backward() {
     active_      = true;
     next_launch_ = 0;
     std::fill(filled_.begin(), filled_.end(), false);
+    std::fill(used_.begin(), used_.end(), 0.0f);
     for (auto& b : buckets_) {
         b.pending = b.params.size();
         b.work.reset();
@@ -372,19 +408,25 @@ void GradReducer::prepare_for_backward() {
 
 void GradReducer::on_grad(size_t k, const torch::Tensor& grad) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!active_ || filled_[k]) return;
+    if (!active_) return;
     torch::NoGradGuard no_grad;
     const auto [bi, pos] = slot_[k];
     auto& b              = buckets_[bi];
     const auto& p        = params_[k];
-    auto view            = b.flat.narrow(0, b.offsets[pos], p.numel()).view(p.sizes());
+    // torch DDP refuses this too ("marked ready twice"): the bucket is already on the wire.
+    TORCH_CHECK(!filled_[k] || bi >= next_launch_, "GradReducer: parameter ", k, " ", p.sizes(),
+                " received a second gradient after its bucket was all-reduced");
+    auto view = b.flat.narrow(0, b.offsets[pos], p.numel()).view(p.sizes());
     // The hook sees the incoming gradient before AccumulateGrad adds it to .grad: the value
-    // .grad will hold is the sum of both.
+    // .grad will hold is the sum of both (also for a second contribution, which finds the
+    // first one already in .grad).
     if (p.grad().defined())
         torch::add_out(view, p.grad(), grad);
     else
         view.copy_(grad);
+    if (filled_[k]) return;
     filled_[k] = true;
+    used_[k]   = 1;
     if (--b.pending == 0) launch_ready();
 }
 
@@ -406,24 +448,35 @@ void GradReducer::finish() {
         const auto [bi, pos] = slot_[k];
         auto& b              = buckets_[bi];
         auto view = b.flat.narrow(0, b.offsets[pos], params_[k].numel()).view(params_[k].sizes());
-        if (params_[k].grad().defined())
+        const bool has_grad = params_[k].grad().defined();  // from earlier micro-steps
+        if (has_grad)
             view.copy_(params_[k].grad());
         else
             view.zero_();
+        used_[k]   = has_grad ? 1 : 0;
         filled_[k] = true;
         --b.pending;
     }
     launch_ready();
-    active_ = false;
+    // Which parameters got a gradient on any rank: the others keep none, as in one process
+    // (AdamW then skips them; torch DDP leaves globally unused parameters alone too).
+    auto used      = torch::tensor(used_, torch::kFloat32);  // on the CPU: through Gloo
+    auto used_work = group_.all_reduce_async(used);
+    active_        = false;
     lock.unlock();
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& b : buckets_) group_.wait(b.work, "the gradient all-reduce");
-    last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    group_.wait(used_work, "the gradient all-reduce");
+    last_wait_s_   = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const float* u = used.data_ptr<float>();
     for (auto& b : buckets_) {
         for (size_t j = 0; j < b.params.size(); ++j) {
-            auto& p   = params_[b.params[j]];
-            auto view = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes());
-            if (p.grad().defined())
+            const size_t k = b.params[j];
+            auto& p        = params_[k];
+            auto view      = b.flat.narrow(0, b.offsets[j], p.numel()).view(p.sizes());
+            if (u[k] == 0)
+                p.mutable_grad() = torch::Tensor();
+            else if (p.grad().defined())
                 p.mutable_grad().copy_(view);
             else
                 p.mutable_grad() = view.clone();

@@ -75,11 +75,12 @@ class ProcessGroup {
     const WorldInfo& world() const { return world_; }
     const GroupOptions& options() const { return options_; }
 
-    // In-place sum over ranks, asynchronous; finish with wait().
-    c10::intrusive_ptr<c10d::Work> all_reduce_async(torch::Tensor& tensor);
+    // In-place sum (or max) over ranks, asynchronous; finish with wait(). CUDA tensors go
+    // through NCCL when the group has it, CPU tensors through Gloo.
+    c10::intrusive_ptr<c10d::Work> all_reduce_async(torch::Tensor& tensor, bool max = false);
     // Waits for `work`; throws CollectiveError (with the fault report) on failure or timeout.
     void wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
-    void all_reduce(torch::Tensor& tensor, const std::string& what);  // in-place sum
+    void all_reduce(torch::Tensor& tensor, const std::string& what, bool max = false);
     // Copies root's values into `tensors` on every rank (coalesced: one flat buffer per dtype).
     void broadcast(const std::vector<torch::Tensor>& tensors, int root, const std::string& what);
     void barrier(const std::string& what);
@@ -99,12 +100,14 @@ class ProcessGroup {
     void set_progress(int64_t step) { progress_ = step; }
 
     // What the heartbeats say about the other ranks, e.g. "rank 1 stopped sending heartbeats
-    // (died?)". Takes about two heartbeat intervals.
+    // (died?)". Takes about two heartbeat intervals. The first rank to diagnose a failure
+    // publishes its finding in the store; the others report that one.
     std::string diagnose_peers();
 
   private:
     [[noreturn]] void fail(const std::string& what, const std::string& error);
     void heartbeat_loop();
+    std::string diagnose_heartbeats();
 
     WorldInfo world_;
     GroupOptions options_;
@@ -115,6 +118,7 @@ class ProcessGroup {
     std::atomic<int64_t> progress_{0};
     int sequence_ = 0;
     std::atomic<bool> stop_{false};
+    std::atomic<bool> failed_{false};
     std::mutex hb_mutex_;  // guards hb_store_ between the thread and diagnose_peers
     std::thread heartbeat_;
 };
@@ -132,7 +136,8 @@ class GradReducer {
     void prepare_for_backward();
     // After that backward (or instead of it, for a rank with no samples): launches the buckets
     // not launched yet (parameters without a new gradient contribute their accumulated grad or
-    // zeros), waits for all and writes the summed gradients into .grad.
+    // zeros), waits for all and writes the summed gradients into .grad. A parameter that has no
+    // gradient on any rank keeps none (as in one process).
     void finish();
 
     size_t num_buckets() const { return buckets_.size(); }
@@ -155,6 +160,7 @@ class GradReducer {
     std::vector<torch::Tensor> params_;
     std::vector<std::pair<size_t, size_t>> slot_;  // param -> (bucket, position in bucket)
     std::vector<bool> filled_;
+    std::vector<float> used_;  // 1: this rank has a gradient for the parameter this step
     std::vector<Bucket> buckets_;
     std::vector<unsigned> hook_ids_;
     size_t next_launch_ = 0;

@@ -2,6 +2,7 @@
 #include "dist/zero.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -97,9 +98,15 @@ TensorMap merge_optimizer_states(const std::vector<TensorMap>& shards,
 
 std::vector<TensorMap> gather_tensor_maps(ProcessGroup& group, const TensorMap& local,
                                           const std::string& what) {
-    const int seq          = group.next_sequence();
-    const std::string base = "gather/" + std::to_string(seq) + "/";
+    // Three messages per rank, all through the backend (so a rank that dies fails the receive
+    // at once): [metadata bytes, data bytes], the metadata JSON, the data.
+    const int tag = group.next_sequence() * 3;
     std::vector<TensorMap> out;
+    auto bytes_of = [](const std::string& s) {
+        auto t = torch::empty({std::max<int64_t>(1, int64_t(s.size()))}, torch::kUInt8);
+        std::memcpy(t.data_ptr<uint8_t>(), s.data(), s.size());
+        return t;
+    };
     if (!group.is_main()) {
         nlohmann::json meta = nlohmann::json::array();
         std::vector<torch::Tensor> bytes;
@@ -108,34 +115,39 @@ std::vector<TensorMap> gather_tensor_maps(ProcessGroup& group, const TensorMap& 
             meta.push_back({{"key", key},
                             {"dtype", io::dtype_to_safetensors(c.scalar_type())},
                             {"shape", c.sizes().vec()}});
-            bytes.push_back(c.reshape({-1}).view(torch::kUInt8));
+            if (c.numel() > 0) bytes.push_back(c.reshape({-1}).view(torch::kUInt8));
         }
-        group.store_set(base + std::to_string(group.rank()), meta.dump());
-        auto flat = bytes.empty() ? torch::Tensor() : torch::cat(bytes);
-        if (!flat.defined() || flat.numel() == 0) flat = torch::zeros({1}, torch::kUInt8);
-        group.send(flat, 0, seq, what);
+        auto data            = bytes.empty() ? torch::zeros({1}, torch::kUInt8) : torch::cat(bytes);
+        const std::string js = meta.dump();
+        auto sizes           = torch::tensor({int64_t(js.size()), data.numel()}, torch::kInt64);
+        auto js_bytes        = bytes_of(js);
+        group.send(sizes, 0, tag, what);
+        group.send(js_bytes, 0, tag + 1, what);
+        group.send(data, 0, tag + 2, what);
         return out;
     }
     out.resize(size_t(group.size()));
     out[0] = local;
     for (int q = 1; q < group.size(); ++q) {
-        const auto meta = nlohmann::json::parse(group.store_get(base + std::to_string(q)));
-        std::vector<std::pair<std::string, torch::Tensor>> parts;
-        int64_t total = 0;
+        auto sizes = torch::empty({2}, torch::kInt64);
+        group.recv(sizes, q, tag, what);
+        const int64_t js_size = sizes[0].item<int64_t>(), data_size = sizes[1].item<int64_t>();
+        auto js_bytes = torch::empty({std::max<int64_t>(1, js_size)}, torch::kUInt8);
+        group.recv(js_bytes, q, tag + 1, what);
+        auto data = torch::empty({data_size}, torch::kUInt8);
+        group.recv(data, q, tag + 2, what);
+        const auto meta = nlohmann::json::parse(
+            std::string(reinterpret_cast<const char*>(js_bytes.data_ptr<uint8_t>()), js_size));
+        int64_t offset = 0;
         for (const auto& m : meta) {
             const auto dtype = io::dtype_from_safetensors(m["dtype"].get<std::string>(), what);
             auto t = torch::empty(m["shape"].get<std::vector<int64_t>>(), torch::dtype(dtype));
-            total += t.numel() * int64_t(t.element_size());
-            parts.emplace_back(m["key"].get<std::string>(), t);
-        }
-        auto flat = torch::empty({std::max<int64_t>(total, 1)}, torch::kUInt8);
-        group.recv(flat, q, seq, what);
-        int64_t offset = 0;
-        for (auto& [key, t] : parts) {
             const int64_t n = t.numel() * int64_t(t.element_size());
-            t.reshape({-1}).view(torch::kUInt8).copy_(flat.narrow(0, offset, n));
+            TORCH_CHECK(offset + n <= data_size, what, ": rank ", q, " sent ", data_size,
+                        " bytes, its metadata describes more");
+            if (n > 0) t.reshape({-1}).view(torch::kUInt8).copy_(data.narrow(0, offset, n));
             offset += n;
-            out[size_t(q)][key] = t;
+            out[size_t(q)][m["key"].get<std::string>()] = t;
         }
     }
     return out;

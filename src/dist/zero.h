@@ -34,7 +34,7 @@ TensorMap merge_optimizer_states(const std::vector<TensorMap>& shards,
                                  const std::vector<std::vector<std::string>>& names);
 
 // Collective: every rank's `local` map arrives on rank 0 (returned there, in rank order; other
-// ranks get an empty vector). Shapes go through the store, bytes through send / recv.
+// ranks get an empty vector), through send / recv on the CPU group.
 std::vector<TensorMap> gather_tensor_maps(ProcessGroup& group, const TensorMap& local,
                                           const std::string& what);
 

@@ -150,7 +150,12 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
         ema->load_shadow(io::load_safetensors(ema_dir + "/diffusion_pytorch_model.safetensors"));
         ema->load_config_json(io::read_json(ema_dir + "/config.json").json());
     }
-    auto optimizer_state = io::load_safetensors(path + "/optimizer.safetensors");
+    // Views of the mapped file: the optimizer copies only the entries it keeps (under ZeRO-1
+    // a process holds its own share, never the whole state).
+    io::SafetensorsFile optimizer_file(path + "/optimizer.safetensors");
+    TensorMap optimizer_state;
+    for (const auto& info : optimizer_file.tensors())
+        optimizer_state[info.name] = optimizer_file.view(info.name);
     optimizer.load_state_dict(optimizer_filter ? optimizer_filter(optimizer_state)
                                                : optimizer_state);
     const auto rng = io::load_safetensors(path + "/random_states.safetensors");

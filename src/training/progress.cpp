@@ -61,7 +61,8 @@ void ProgressReporter::update(const StepMetrics& m) {
                          {"step_time", m.step_time},
                          {"samples_per_s", m.samples_per_s},
                          {"peak_rss_mb", peak_rss_mb()},
-                         {"optimizer_state_mb", m.optimizer_state_mb}};
+                         {"optimizer_state_mb", m.optimizer_state_mb},
+                         {"comm_wait_s", m.comm_wait_s}};
         std::fprintf(metrics_, "%s\n", j.dump().c_str());
         std::fflush(metrics_);
     }

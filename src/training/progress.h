@@ -18,6 +18,7 @@ struct StepMetrics {
     double step_time;   // seconds of this optimizer step (data included)
     double samples_per_s;
     double optimizer_state_mb = 0;  // this process's AdamW state (a 1/W share under ZeRO-1)
+    double comm_wait_s        = 0;  // waiting for the gradient all-reduce after backward
 };
 
 class ProgressReporter {

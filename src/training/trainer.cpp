@@ -221,6 +221,18 @@ TrainResult train(const TrainConfig& c) {
     lc.rank             = group ? group->rank() : 0;
     lc.world_size       = W;
     data::DataLoader loader(dataset, lc);
+    if (group) {  // the same data everywhere, or the ranks would disagree on steps per epoch
+        auto n =
+            torch::tensor({double(dataset->size()), -double(dataset->size())}, torch::kFloat64);
+        group->all_reduce(n, "comparing the dataset sizes of the ranks", /*max=*/true);
+        if (n[0].item<double>() != -n[1].item<double>())
+            throw std::runtime_error(strformat(
+                "rank %d reads %lld samples, but the ranks read between %.0f and %.0f: every "
+                "process must see the same dataset (same --train_data_dir / --dataset_name "
+                "contents and --max_train_samples)",
+                group->rank(), (long long)dataset->size(), -n[1].item<double>(),
+                n[0].item<double>()));
+    }
 
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
     //    UNet trains in fp32.
@@ -322,11 +334,14 @@ TrainResult train(const TrainConfig& c) {
             int64_t batch         = state.loader.batch;
             if (saved_w != W || saved_b != c.train_batch_size) {
                 const int64_t seen = std::min(dataset->size(), batch * saved_w * saved_b);
-                batch = std::min(loader.batches_per_epoch(), seen / (W * c.train_batch_size));
-                if (batch * W * c.train_batch_size != seen)
+                batch              = seen >= dataset->size()  // the epoch was complete
+                                         ? loader.batches_per_epoch()
+                                         : std::min(loader.batches_per_epoch(), seen / (W * c.train_batch_size));
+                if (seen < dataset->size() && batch * W * c.train_batch_size != seen)
                     log_warn(
                         "the checkpoint was written by %lld process(es) x batch %lld: this "
-                        "epoch continues at sample %lld of %lld (%lld samples are seen again)",
+                        "epoch continues at sample %lld, the checkpoint had seen %lld (%lld "
+                        "samples are seen again)",
                         (long long)saved_w, (long long)saved_b,
                         (long long)(batch * W * c.train_batch_size), (long long)seen,
                         (long long)(seen - batch * W * c.train_batch_size));
@@ -508,7 +523,8 @@ TrainResult train(const TrainConfig& c) {
         losses.push_back(loss_sum / static_cast<double>(GA));
         if (progress)
             progress->update({global_step, epoch, losses.back(), step_lr, grad_norm, dt,
-                              samples / dt, double(optimizer->state_bytes()) / (1 << 20)});
+                              samples / dt, double(optimizer->state_bytes()) / (1 << 20),
+                              reducer ? reducer->last_wait_seconds() : 0.0});
         if (tensorboard) {
             tensorboard->add_scalar("train_loss", losses.back(), global_step);
             tensorboard->add_scalar("lr", step_lr, global_step);
