@@ -289,6 +289,34 @@ testing::RunResult train(int nproc, std::vector<std::string> args) {
     return run_t2i(cmd);
 }
 
+// Two "machines" on loopback: two launchers with --nnodes 2, one process each.
+testing::RunResult train_two_nodes(const std::vector<std::string>& args) {
+    const std::string port = std::to_string(free_port());
+    auto node              = [&](int r) {
+        std::vector<std::string> cmd = {"launch",
+                                        "--nproc_per_node",
+                                        "1",
+                                        "--nnodes",
+                                        "2",
+                                        "--node_rank",
+                                        std::to_string(r),
+                                        "--master_addr",
+                                        "127.0.0.1",
+                                        "--master_port",
+                                        port,
+                                        "--",
+                                        "train"};
+        cmd.insert(cmd.end(), args.begin(), args.end());
+        return cmd;
+    };
+    testing::RunResult second{};
+    std::thread other([&] { second = run_t2i(node(1)); });
+    auto first = run_t2i(node(0));
+    other.join();
+    if (second.code != 0) return second;
+    return first;
+}
+
 io::TensorMap unet_weights(const std::string& dir) {
     return io::load_safetensors(dir + "/unet/diffusion_pytorch_model.safetensors");
 }
@@ -322,6 +350,7 @@ struct Variant {
     const char* name;
     std::vector<std::string> extra;
     int steps;
+    bool two_nodes = false;
 };
 
 TEST(DataParallel, TwoRanksTrainLikeOneRankWithTheirCombinedBatch) {
@@ -333,9 +362,12 @@ TEST(DataParallel, TwoRanksTrainLikeOneRankWithTheirCombinedBatch) {
          {"--max_train_samples", "5", "--ddp_bucket_cap_mb", "0.05", "--gradient_checkpointing",
           "--use_ema"},
          4},
-        {"gradient accumulation and ZeRO-1",
-         {"--gradient_accumulation_steps", "2", "--zero_stage", "1", "--snr_gamma", "5"},
+        // --scale_lr: 1e-3 x 2 x 4 x 1 process = 1e-3 x 2 x 2 x 2 processes.
+        {"gradient accumulation, ZeRO-1, --scale_lr",
+         {"--gradient_accumulation_steps", "2", "--zero_stage", "1", "--snr_gamma", "5",
+          "--scale_lr"},
          3},
+        {"two machines (two launchers, --nnodes 2)", {}, 3, true},
     };
     for (const auto& v : variants) {
         const std::string one = dir.file("one"), two = dir.file("two");
@@ -347,7 +379,7 @@ TEST(DataParallel, TwoRanksTrainLikeOneRankWithTheirCombinedBatch) {
         a2.insert(a2.end(), v.extra.begin(), v.extra.end());
         const auto r1 = train(1, a1);
         ASSERT_EQ(r1.code, 0) << r1.out;
-        const auto r2 = train(2, a2);
+        const auto r2 = v.two_nodes ? train_two_nodes(a2) : train(2, a2);
         ASSERT_EQ(r2.code, 0) << r2.out;
         EXPECT_NE(r2.out.find("x 2 process(es)"), std::string::npos) << r2.out;
         expect_same_training(one, two, v.name);

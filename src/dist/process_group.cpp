@@ -261,14 +261,19 @@ void ProcessGroup::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::s
     }
 }
 
-void ProcessGroup::all_reduce(torch::Tensor& tensor, const std::string& what, bool max) {
+template <typename Start>
+void ProcessGroup::run(const std::string& what, Start&& start) {
     c10::intrusive_ptr<c10d::Work> work;
     try {
-        work = all_reduce_async(tensor, max);
+        work = start();
     } catch (const std::exception& e) {
         fail(what, e.what());
     }
     wait(work, what);
+}
+
+void ProcessGroup::all_reduce(torch::Tensor& tensor, const std::string& what, bool max) {
+    run(what, [&] { return all_reduce_async(tensor, max); });
 }
 
 void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root,
@@ -288,14 +293,10 @@ void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root
         std::vector<at::Tensor> flat{torch::cat(flat_parts)};
         c10d::BroadcastOptions o;
         o.rootRank = root;
-        c10::intrusive_ptr<c10d::Work> work;
-        try {
-            work =
-                backend_->call(flat[0].is_cuda(), [&](auto& pg) { return pg->broadcast(flat, o); });
-        } catch (const std::exception& e) {
-            fail(what, e.what());
-        }
-        wait(work, what);
+        run(what, [&] {
+            return backend_->call(flat[0].is_cuda(),
+                                  [&](auto& pg) { return pg->broadcast(flat, o); });
+        });
         if (world_.rank == root) continue;
         int64_t offset = 0;
         for (auto& t : group) {
@@ -306,35 +307,21 @@ void ProcessGroup::broadcast(const std::vector<torch::Tensor>& tensors, int root
 }
 
 void ProcessGroup::barrier(const std::string& what) {
-    c10::intrusive_ptr<c10d::Work> work;
-    try {
-        work = backend_->call(false, [&](auto& pg) { return pg->barrier(); });
-    } catch (const std::exception& e) {
-        fail(what, e.what());
-    }
-    wait(work, what);
+    run(what, [&] { return backend_->call(false, [&](auto& pg) { return pg->barrier(); }); });
 }
 
 void ProcessGroup::send(torch::Tensor& tensor, int dst, int tag, const std::string& what) {
     std::vector<at::Tensor> v{tensor};
-    c10::intrusive_ptr<c10d::Work> work;
-    try {
-        work = backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->send(v, dst, tag); });
-    } catch (const std::exception& e) {
-        fail(what, e.what());
-    }
-    wait(work, what);
+    run(what, [&] {
+        return backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->send(v, dst, tag); });
+    });
 }
 
 void ProcessGroup::recv(torch::Tensor& tensor, int src, int tag, const std::string& what) {
     std::vector<at::Tensor> v{tensor};
-    c10::intrusive_ptr<c10d::Work> work;
-    try {
-        work = backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->recv(v, src, tag); });
-    } catch (const std::exception& e) {
-        fail(what, e.what());
-    }
-    wait(work, what);
+    run(what, [&] {
+        return backend_->call(tensor.is_cuda(), [&](auto& pg) { return pg->recv(v, src, tag); });
+    });
 }
 
 void ProcessGroup::store_set(const std::string& key, const std::string& value) {

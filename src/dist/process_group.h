@@ -106,6 +106,9 @@ class ProcessGroup {
 
   private:
     [[noreturn]] void fail(const std::string& what, const std::string& error);
+    // Starts a collective (start() returns its Work) and waits; any failure goes to fail().
+    template <typename Start>
+    void run(const std::string& what, Start&& start);
     void heartbeat_loop();
     std::string diagnose_heartbeats();
 
