@@ -321,13 +321,16 @@ io::TensorMap unet_weights(const std::string& dir) {
     return io::load_safetensors(dir + "/unet/diffusion_pytorch_model.safetensors");
 }
 
-std::vector<double> logged_losses(const std::string& out) {
-    std::vector<double> losses;
+// One metric per logged step (rank 0's metrics.jsonl).
+std::vector<double> logged(const std::string& out, const char* key = "train_loss") {
+    std::vector<double> values;
     std::ifstream in(out + "/logs/metrics.jsonl");
     for (std::string line; std::getline(in, line);)
-        losses.push_back(nlohmann::json::parse(line)["train_loss"].get<double>());
-    return losses;
+        values.push_back(nlohmann::json::parse(line)[key].get<double>());
+    return values;
 }
+
+std::vector<double> logged_losses(const std::string& out) { return logged(out); }
 
 // Same weights to fp32 accumulation-order tolerance, and training really moved them.
 void expect_same_training(const std::string& a, const std::string& b, const std::string& what) {
@@ -404,6 +407,12 @@ TEST(DataParallel, CheckpointsResumeOnAnotherNumberOfProcesses) {
         int64_t moments  = 0;
         for (const auto& [k, t] : state) moments += k.rfind("exp_avg_sq.", 0) == 0;
         EXPECT_EQ(moments, num_params) << "the checkpoint lacks some ranks' optimizer state";
+        if (first == 2) {  // ZeRO-1 halves the optimizer state of a rank
+            const double share = logged(out, "optimizer_state_mb").at(0) /
+                                 logged(straight, "optimizer_state_mb").at(0);
+            EXPECT_GT(share, 0.4);
+            EXPECT_LT(share, 0.6);
+        }
         const int second = 3 - first;
         auto resume      = train_args(data, out, second == 2 ? 2 : 4, 4);
         resume.insert(resume.end(), {"--zero_stage", "1", "--resume_from_checkpoint", "latest"});
