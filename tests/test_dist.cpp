@@ -17,6 +17,7 @@
 #include <fstream>
 #include <set>
 #include <thread>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "data/loader.h"
 #include "dist/process_group.h"
@@ -145,6 +146,40 @@ TEST(Dist, GradReducerSumsGradientsOverRanksInEveryBucketLayout) {
             }
         });
     }
+}
+
+// torchrun's agent hosts the store itself; the workers must join it instead of binding the port.
+TEST(Dist, JoinsTheStoreOfATorchrunAgent) {
+    const int port = free_port();
+    c10d::TCPStoreOptions agent;
+    agent.port        = static_cast<uint16_t>(port);
+    agent.isServer    = true;
+    agent.waitWorkers = false;
+    c10d::TCPStore store("127.0.0.1", agent);
+    ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);
+    ::setenv("TORCHELASTIC_RESTART_COUNT", "2", 1);
+    std::vector<std::thread> threads;
+    std::vector<double> sums(2, 0);
+    for (int r = 0; r < 2; ++r)
+        threads.emplace_back([&, r] {
+            dist::WorldInfo w;
+            w.rank        = r;
+            w.world_size  = 2;
+            w.master_port = port;
+            dist::GroupOptions o;
+            o.timeout = std::chrono::seconds(30);
+            dist::ProcessGroup group(w, o);
+            auto t = torch::full({3}, double(r + 1));
+            group.all_reduce(t, "test all-reduce");
+            sums[size_t(r)] = t.sum().item<double>();
+            if (r == 0) group.store_set("probe", "1");
+            group.barrier("the end of the test");
+        });
+    for (auto& t : threads) t.join();
+    ::unsetenv("TORCHELASTIC_USE_AGENT_STORE");
+    ::unsetenv("TORCHELASTIC_RESTART_COUNT");
+    EXPECT_EQ(sums, (std::vector<double>{9, 9}));
+    EXPECT_TRUE(store.check({"/worker/attempt_2/t2i/kv/probe"}));
 }
 
 TEST(Dist, BroadcastAndGatherMoveExactValues) {

@@ -80,9 +80,13 @@ struct ProcessGroup::Backend {
 ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
     : world_(world), options_(options), backend_(std::make_unique<Backend>()) {
     const std::string where = world.master_addr + ":" + std::to_string(world.master_port);
+    // Under torchrun (torch >= 1.9) the agent already hosts a TCPStore at MASTER_PORT and tells
+    // the workers to join it as clients, under a prefix per restart (torch's env:// rendezvous).
+    const char* agent_env  = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    const bool agent_store = agent_env && std::string(agent_env) == "True";
     c10d::TCPStoreOptions so;
     so.port        = static_cast<uint16_t>(world.master_port);
-    so.isServer    = world.rank == 0;
+    so.isServer    = world.rank == 0 && !agent_store;
     so.numWorkers  = static_cast<size_t>(world.world_size);
     so.waitWorkers = true;
     so.timeout     = options.timeout;
@@ -93,6 +97,13 @@ ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
         ho.waitWorkers = false;
         ho.timeout     = std::max(options.heartbeat_interval * 5, std::chrono::milliseconds(5000));
         hb_store_      = c10::make_intrusive<c10d::TCPStore>(world.master_addr, ho);
+        if (agent_store) {
+            const char* restart = std::getenv("TORCHELASTIC_RESTART_COUNT");
+            const std::string prefix =
+                std::string("/worker/attempt_") + (restart && *restart ? restart : "0");
+            store_    = c10::make_intrusive<c10d::PrefixStore>(prefix, store_);
+            hb_store_ = c10::make_intrusive<c10d::PrefixStore>(prefix, hb_store_);
+        }
     } catch (const std::exception& e) {
         throw std::runtime_error(strformat(
             "rank %d of %d: rendezvous at MASTER_ADDR:MASTER_PORT = %s failed within %llds: %s. "
