@@ -1,6 +1,8 @@
 // Implements: util/log.h.
 #include "util/log.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -20,12 +22,23 @@ void set_log_rank(int rank, int world_size) {
 
 static void vlog(const char* level, const char* fmt, va_list ap) {
     if (g_rank != 0 && level[0] == 'i') return;  // info only from rank 0
-    if (g_world_size > 1)
-        std::fprintf(stderr, "[t2i %s rank %d] ", level, g_rank);
-    else
-        std::fprintf(stderr, "[t2i %s] ", level);
-    std::vfprintf(stderr, fmt, ap);
-    std::fputc('\n', stderr);
+    // One write per line, so lines of several processes sharing a terminal never interleave.
+    std::string line = g_world_size > 1 ? strformat("[t2i %s rank %d] ", level, g_rank)
+                                        : strformat("[t2i %s] ", level);
+    va_list ap2;
+    va_copy(ap2, ap);
+    const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    std::vector<char> buf(static_cast<size_t>(std::max(n, 0)) + 1);
+    std::vsnprintf(buf.data(), buf.size(), fmt, ap2);
+    va_end(ap2);
+    line.append(buf.data(), static_cast<size_t>(std::max(n, 0)));
+    line += '\n';
+    std::fflush(stderr);
+    for (size_t done = 0; done < line.size();) {
+        const ssize_t w = ::write(STDERR_FILENO, line.data() + done, line.size() - done);
+        if (w <= 0) break;
+        done += static_cast<size_t>(w);
+    }
 }
 
 void log_info(const char* fmt, ...) {
