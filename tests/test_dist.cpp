@@ -298,6 +298,19 @@ TEST(Dist, LoaderShardsEachStepsSamplesWithoutRepeats) {
     }
 }
 
+// The loader position of a checkpoint on another world size: the same sample, rounded down to a
+// whole step (samples seen = batch x world x batch size).
+TEST(Dist, LoaderPositionConvertsThroughSamplesSeen) {
+    using training::convert_loader_batch;
+    // (batch, saved world, saved batch size) -> (world, batch size), dataset 16, bpe as given.
+    EXPECT_EQ(convert_loader_batch(3, 2, 2, 2, 2, 16, 4), 3);  // same world: unchanged
+    EXPECT_EQ(convert_loader_batch(1, 2, 2, 1, 4, 16, 4), 1);  // 4 seen -> step 1 of batch 4
+    EXPECT_EQ(convert_loader_batch(3, 1, 4, 2, 2, 16, 4), 3);  // 12 seen -> step 3 of 2 x 2
+    EXPECT_EQ(convert_loader_batch(3, 1, 2, 2, 2, 16, 4), 1);  // 6 seen -> 4 (2 seen again)
+    EXPECT_EQ(convert_loader_batch(2, 2, 2, 1, 4, 7, 2), 2);   // a complete epoch stays complete
+    EXPECT_EQ(convert_loader_batch(1, 3, 2, 1, 4, 7, 2), 1);   // 6 of 7 seen -> step 1 (4)
+}
+
 // ---- end to end: real processes ----
 
 std::vector<std::string> train_args(const std::string& data, const std::string& out, int batch,

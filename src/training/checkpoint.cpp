@@ -122,6 +122,14 @@ std::optional<std::string> resolve_checkpoint(const std::string& spec,
                                 "'); use 'latest' or a checkpoint-N folder");
 }
 
+int64_t convert_loader_batch(int64_t batch, int64_t saved_world, int64_t saved_batch, int64_t world,
+                             int64_t batch_size, int64_t dataset_size, int64_t batches_per_epoch) {
+    if (saved_world == world && saved_batch == batch_size) return batch;
+    const int64_t seen = std::min(dataset_size, batch * saved_world * saved_batch);
+    if (seen >= dataset_size) return batches_per_epoch;
+    return std::min(batches_per_epoch, seen / (world * batch_size));
+}
+
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
                              EMAModel* ema, AdamW& optimizer, at::Generator& generator,
                              const OptimizerStateFilter& optimizer_filter) {

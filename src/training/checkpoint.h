@@ -57,6 +57,13 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 std::optional<std::string> resolve_checkpoint(const std::string& spec,
                                               const std::string& output_dir);
 
+// The loader position of a checkpoint written by `saved_world` processes x batch `saved_batch`,
+// for `world` processes x batch `batch_size`: the batch index that continues the epoch at the
+// same sample, rounded down to a whole step (so at most one step's samples are seen again);
+// a complete epoch stays complete.
+int64_t convert_loader_batch(int64_t batch, int64_t saved_world, int64_t saved_batch, int64_t world,
+                             int64_t batch_size, int64_t dataset_size, int64_t batches_per_epoch);
+
 // Picks this process's part of a full optimizer state (ZeRO-1); empty = all of it.
 using OptimizerStateFilter = std::function<TensorMap(const TensorMap&)>;
 

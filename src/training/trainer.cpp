@@ -331,38 +331,31 @@ TrainResult train(const TrainConfig& c) {
             // another number of processes or batch size through the samples already seen.
             const int64_t saved_w = state.extra.value("world_size", int64_t(1));
             const int64_t saved_b = state.extra.value("train_batch_size", c.train_batch_size);
-            int64_t batch         = state.loader.batch;
-            if (saved_w != W || saved_b != c.train_batch_size) {
-                const int64_t seen = std::min(dataset->size(), batch * saved_w * saved_b);
-                batch              = seen >= dataset->size()  // the epoch was complete
-                                         ? loader.batches_per_epoch()
-                                         : std::min(loader.batches_per_epoch(), seen / (W * c.train_batch_size));
-                if (seen < dataset->size() && batch * W * c.train_batch_size != seen)
-                    log_warn(
-                        "the checkpoint was written by %lld process(es) x batch %lld: this "
-                        "epoch continues at sample %lld, the checkpoint had seen %lld (%lld "
-                        "samples are seen again)",
-                        (long long)saved_w, (long long)saved_b,
-                        (long long)(batch * W * c.train_batch_size), (long long)seen,
-                        (long long)(seen - batch * W * c.train_batch_size));
-            }
+            const int64_t B       = c.train_batch_size;
+            const int64_t batch   = convert_loader_batch(state.loader.batch, saved_w, saved_b, W, B,
+                                                         dataset->size(), loader.batches_per_epoch());
+            const int64_t seen    = state.loader.batch * saved_w * saved_b;
+            if (batch < loader.batches_per_epoch() && batch * W * B != seen)
+                log_warn(
+                    "the checkpoint was written by %lld process(es) x batch %lld: this epoch "
+                    "continues at sample %lld, the checkpoint had seen %lld (%lld samples are "
+                    "seen again)",
+                    (long long)saved_w, (long long)saved_b, (long long)(batch * W * B),
+                    (long long)seen, (long long)(seen - batch * W * B));
             loader.seek(state.loader.epoch, batch);
             global_step = state.global_step;
             log_info("resumed from %s at step %lld", path->c_str(), (long long)global_step);
         }
     }
-    // Identical initial weights everywhere (DDP broadcasts rank 0's module state).
-    if (group) {
-        std::vector<torch::Tensor> tensors;
-        for (const auto& p : params) tensors.push_back(p.value());
-        group->broadcast(tensors, 0, "the initial weight broadcast");
-    }
+    std::vector<torch::Tensor> param_list;
+    for (const auto& p : params) param_list.push_back(p.value());
+    // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
+    // gradient hooks.
     std::unique_ptr<dist::GradReducer> reducer;
     if (group) {
-        std::vector<torch::Tensor> tensors;
-        for (const auto& p : params) tensors.push_back(p.value());
+        group->broadcast(param_list, 0, "the initial weight broadcast");
         reducer = std::make_unique<dist::GradReducer>(
-            *group, tensors, static_cast<int64_t>(c.ddp_bucket_cap_mb * 1024 * 1024));
+            *group, param_list, static_cast<int64_t>(c.ddp_bucket_cap_mb * 1024 * 1024));
     }
     dist::main_process_first(
         group.get(),
@@ -431,8 +424,6 @@ TrainResult train(const TrainConfig& c) {
 
     const int64_t start_step = global_step;
     std::vector<double> losses;  // for the end-of-run summary
-    std::vector<torch::Tensor> param_list;
-    for (const auto& p : params) param_list.push_back(p.value());
     const auto pixel_shape =
         std::vector<int64_t>{0, 3, int64_t(c.resolution), int64_t(c.resolution)};
     // 6. The loop: one iteration = one optimizer step of GA micro-batches (fewer at the end of
