@@ -3,7 +3,7 @@
 // numbered stages follow the script. Differences (REFERENCE.md section 5): resume continues with
 // the exact next batch, checkpoints are written whole, the saved VAE / text encoder keep their
 // original precision and the saved scheduler gets the effective prediction_type.
-// Several processes (torchrun's environment; dist/process_group.h) train as accelerate's DDP:
+// Several processes (torchrun's environment; training/data_parallel.h) train as accelerate's DDP:
 // rank r takes batches r, r + W, ... (data/loader.h), every random draw is made for the whole
 // step's W x B samples from the shared seed and each rank uses its slice (so W ranks x batch B
 // train exactly like one process with batch W x B; accelerate instead gives every rank the
@@ -19,8 +19,6 @@
 #include <random>
 
 #include "data/loader.h"
-#include "dist/process_group.h"
-#include "dist/zero.h"
 #include "io/file_util.h"
 #include "io/json_config.h"
 #include "io/tensorboard.h"
@@ -29,6 +27,7 @@
 #include "schedulers/ddpm.h"
 #include "tokenizer/clip_tokenizer.h"
 #include "training/checkpoint.h"
+#include "training/data_parallel.h"
 #include "training/ema.h"
 #include "training/loss.h"
 #include "training/lr_schedule.h"
@@ -158,20 +157,6 @@ StepDraws slice_draws(const StepDraws& d, int64_t offset, int64_t n) {
     return s;
 }
 
-// The process group for a torchrun-style environment, or null for one process.
-std::unique_ptr<dist::ProcessGroup> join_world(const TrainConfig& c, const torch::Device& device) {
-    const auto world = dist::WorldInfo::from_env();
-    if (!world.distributed()) return nullptr;
-    set_log_rank(world.rank, world.world_size);
-    dist::GroupOptions o;
-    o.backend  = !c.ddp_backend.empty() ? c.ddp_backend : device.is_cuda() ? "nccl" : "gloo";
-    o.timeout  = std::chrono::milliseconds(static_cast<int64_t>(c.ddp_timeout * 1000));
-    auto group = std::make_unique<dist::ProcessGroup>(world, o);
-    log_info("rank %d of %d joined through %s:%d (%s)", world.rank, world.world_size,
-             world.master_addr.c_str(), world.master_port, o.backend.c_str());
-    return group;
-}
-
 }  // namespace
 
 TrainResult train(const TrainConfig& c) {
@@ -190,16 +175,10 @@ TrainResult train(const TrainConfig& c) {
     const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     const std::string& base = c.pretrained_model_name_or_path;
     pipeline::check_model_dir(base);
-    auto group         = join_world(c, device);
-    const int W        = group ? group->size() : 1;
-    const bool is_main = !group || group->is_main();
-    const bool zero1   = group && c.zero_stage == 1;
-    // Every rank draws from the same seed (rank 0's, when none was given).
-    uint64_t seed = seed0;
-    if (group && !c.seed) {
-        if (is_main) group->store_set("seed", std::to_string(seed0));
-        seed = std::stoull(group->store_get("seed"));
-    }
+    DataParallel dp(c, device);  // one process, or the torchrun world
+    const int W         = dp.world_size();
+    const bool is_main  = dp.is_main();
+    const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
     if (is_main && c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
         log_warn(
             "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
@@ -207,7 +186,8 @@ TrainResult train(const TrainConfig& c) {
             (long long)c.lr_warmup_steps);
     if (is_main && (c.offload_ema || c.foreach_ema) && !c.use_ema)
         log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
-    if (c.zero_stage == 1 && !group) log_warn("--zero_stage 1 has no effect with one process");
+    if (c.zero_stage == 1 && !dp.active())
+        log_warn("--zero_stage 1 has no effect with one process");
 
     // 1. Tokenizer and data first, so a bad column or folder fails before the models load.
     auto tokenizer = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
@@ -218,21 +198,10 @@ TrainResult train(const TrainConfig& c) {
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
     lc.seed             = seed;
     lc.skip_bad_samples = c.skip_bad_samples;
-    lc.rank             = group ? group->rank() : 0;
+    lc.rank             = dp.rank();
     lc.world_size       = W;
     data::DataLoader loader(dataset, lc);
-    if (group) {  // the same data everywhere, or the ranks would disagree on steps per epoch
-        auto n =
-            torch::tensor({double(dataset->size()), -double(dataset->size())}, torch::kFloat64);
-        group->all_reduce(n, "comparing the dataset sizes of the ranks", /*max=*/true);
-        if (n[0].item<double>() != -n[1].item<double>())
-            throw std::runtime_error(strformat(
-                "rank %d reads %lld samples, but the ranks read between %.0f and %.0f: every "
-                "process must see the same dataset (same --train_data_dir / --dataset_name "
-                "contents and --max_train_samples)",
-                group->rank(), (long long)dataset->size(), -n[1].item<double>(),
-                n[0].item<double>()));
-    }
+    dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
 
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
     //    UNet trains in fp32.
@@ -279,16 +248,9 @@ TrainResult train(const TrainConfig& c) {
     // 4. Optimizer (under ZeRO-1 over this rank's parameters only), LR schedule (in optimizer
     //    steps), EMA (rank 0 alone: the others never use it), the generator of every draw.
     const auto params = unet->named_parameters();
-    std::vector<int> owner;  // ZeRO-1: the rank that owns each parameter
-    std::vector<std::vector<std::string>> owned_names(static_cast<size_t>(W));
-    if (zero1) {
-        owner = dist::partition_parameters(params, W);
-        for (size_t i = 0; i < params.size(); ++i)
-            owned_names[size_t(owner[i])].push_back(params[i].key());
-    }
-    auto optimizer = make_adamw(
-        zero1 ? dist::owned_parameters(params, owner, group->rank()) : params,
-        {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon}, c.use_8bit_adam);
+    auto optimizer    = make_adamw(
+           dp.optimizer_parameters(params),
+           {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon}, c.use_8bit_adam);
     LRScheduleConfig sc;
     sc.name         = c.lr_scheduler;
     sc.warmup_steps = c.lr_warmup_steps;
@@ -307,23 +269,14 @@ TrainResult train(const TrainConfig& c) {
     //    picks the checkpoint; every rank reads it (a shared --output_dir, as accelerate needs).
     int64_t global_step = 0;
     if (c.resume_from_checkpoint) {
-        std::optional<std::string> path;
-        if (is_main) path = resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir);
-        if (group) {
-            if (is_main) group->store_set("resume", path.value_or(""));
-            const std::string shared = group->store_get("resume");
-            path = shared.empty() ? std::nullopt : std::optional<std::string>(shared);
-        }
+        const auto path = dp.shared_path(
+            is_main ? resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir) : std::nullopt,
+            "resume");
         if (!path) {
             log_info("no checkpoint in '%s'; starting a new run", c.output_dir.c_str());
         } else {
-            OptimizerStateFilter filter;
-            if (zero1)
-                filter = [&](const TensorMap& full) {
-                    return dist::shard_optimizer_state(full, owned_names[size_t(group->rank())]);
-                };
-            const auto state =
-                load_checkpoint(*path, unet, ema.get(), *optimizer, generator, filter);
+            const auto state = load_checkpoint(*path, unet, ema.get(), *optimizer, generator,
+                                               dp.optimizer_state_filter());
             schedule.load_state(state.lr_schedule);
             if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
                 scaler.load_state_dict(state.extra["grad_scaler"]);
@@ -351,14 +304,9 @@ TrainResult train(const TrainConfig& c) {
     for (const auto& p : params) param_list.push_back(p.value());
     // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
     // gradient hooks.
-    std::unique_ptr<dist::GradReducer> reducer;
-    if (group) {
-        group->broadcast(param_list, 0, "the initial weight broadcast");
-        reducer = std::make_unique<dist::GradReducer>(
-            *group, param_list, static_cast<int64_t>(c.ddp_bucket_cap_mb * 1024 * 1024));
-    }
+    dp.broadcast_and_hook(param_list, c.ddp_bucket_cap_mb);
     dist::main_process_first(
-        group.get(),
+        dp.group(),
         [&] {
             fs::create_directories(c.output_dir);
             if (is_main)
@@ -399,14 +347,7 @@ TrainResult train(const TrainConfig& c) {
             std::make_unique<ProgressReporter>(max_steps, global_step, c.logging_steps, metrics);
     // A checkpoint; collective under ZeRO-1 (the state shards are gathered on rank 0).
     auto save = [&] {
-        TensorMap optimizer_state;
-        if (zero1) {
-            auto shards = dist::gather_tensor_maps(*group, optimizer->state_dict(),
-                                                   "gathering the ZeRO-1 optimizer state");
-            if (is_main) optimizer_state = dist::merge_optimizer_states(shards, owned_names);
-        } else if (is_main) {
-            optimizer_state = optimizer->state_dict();
-        }
+        const TensorMap optimizer_state = dp.checkpoint_optimizer_state(*optimizer);
         if (!is_main) return;
         TrainerState s;
         s.global_step   = global_step;
@@ -432,7 +373,6 @@ TrainResult train(const TrainConfig& c) {
         const auto t0 = std::chrono::steady_clock::now();
         int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
         bool epoch_done = false;  // this step consumed the epoch's last batch
-        bool prepared   = false;  // the reducer saw this step's last backward
         double loss_sum = 0;
         while (micro < GA) {
             auto batch = loader.next();
@@ -447,20 +387,17 @@ TrainResult train(const TrainConfig& c) {
             // One process: the draws of this batch. Several: the draws of the step's global
             // batch (the same generator state on every rank), of which this rank uses its rows.
             auto shape = pixel_shape;
-            shape[0]   = group ? batch->global_size : n;
+            shape[0]   = dp.active() ? batch->global_size : n;
             auto draws = draw_step_randoms(latent_shape(vae->config, shape),
                                            noise_scheduler.config().num_train_timesteps, generator,
                                            loss_cfg);
-            if (reducer && last_micro) {
-                reducer->prepare_for_backward();
-                prepared = true;
-            }
+            if (last_micro) dp.before_last_backward();
             ++micro;
             if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
                 if (epoch_done) break;
                 continue;
             }
-            if (group) draws = slice_draws(draws, batch->global_offset, n);
+            if (dp.active()) draws = slice_draws(draws, batch->global_offset, n);
             auto pixels = batch->pixel_values.to(device, frozen.dtype.value());
             auto ids    = batch->input_ids.to(device);
             StepOutputs out;
@@ -471,9 +408,9 @@ TrainResult train(const TrainConfig& c) {
             }
             // accelerate divides by GA; with several ranks each loss is also weighted by the
             // rank's share of the step's samples (the sum over ranks is the mean over all).
-            const double share = group ? double(n) / double(batch->global_size) : 1.0;
+            const double share = dp.active() ? double(n) / double(batch->global_size) : 1.0;
             auto loss          = out.loss / static_cast<double>(GA);
-            if (group) loss = loss * share;
+            if (dp.active()) loss = loss * share;
             // fp16 scales the loss (GradScaler); others pass through.
             scaler.scale(loss).backward();
             loss_sum += out.loss.item<double>() * share;
@@ -482,18 +419,9 @@ TrainResult train(const TrainConfig& c) {
         }
         // ---- optimizer step ----
         bool stop_signal = g_stop_signal.load() != 0;
-        if (group) {
-            if (!prepared) reducer->prepare_for_backward();
-            group->set_progress(global_step);
-            reducer->finish();  // gradients summed over ranks
-            // The logged loss is the mean over ranks; a signal on any rank stops all of them.
-            auto totals = torch::tensor({loss_sum, double(samples), stop_signal ? 1.0 : 0.0},
-                                        torch::kFloat64);
-            group->all_reduce(totals, "the loss all-reduce");
-            loss_sum    = totals[0].item<double>();
-            samples     = static_cast<int64_t>(totals[1].item<double>());
-            stop_signal = totals[2].item<double>() > 0;
-        }
+        // Gradients summed over ranks; the logged loss is the mean over ranks; a signal on any
+        // rank stops all of them at this step.
+        dp.sync_gradients(loss_sum, samples, stop_signal, global_step);
         if (scaler.is_enabled()) scaler.unscale_(param_list);
         const double grad_norm = clip_grad_norm(params, c.max_grad_norm).item<double>();
         const double step_lr   = schedule.get_lr();
@@ -502,10 +430,7 @@ TrainResult train(const TrainConfig& c) {
         if (scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
         scaler.update();
         optimizer->zero_grad();
-        if (zero1) {
-            for (auto& p : param_list) p.mutable_grad() = torch::Tensor();  // not owned: drop
-            dist::sync_owned_parameters(*group, params, owner);
-        }
+        dp.after_optimizer_step(param_list);  // ZeRO-1: owners broadcast their parameters
         if (ema) ema->step(params);
         ++global_step;
         // ---- end of optimizer step ----
@@ -515,7 +440,7 @@ TrainResult train(const TrainConfig& c) {
         if (progress)
             progress->update({global_step, epoch, losses.back(), step_lr, grad_norm, dt,
                               samples / dt, double(optimizer->state_bytes()) / (1 << 20),
-                              reducer ? reducer->last_wait_seconds() : 0.0});
+                              dp.comm_wait_seconds()});
         if (tensorboard) {
             tensorboard->add_scalar("train_loss", losses.back(), global_step);
             tensorboard->add_scalar("lr", step_lr, global_step);
