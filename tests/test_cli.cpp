@@ -118,12 +118,6 @@ TEST(Cli, TokenizeAcceptsAPromptStartingWithDashAfterDoubleDash) {
     EXPECT_EQ(run_t2i({"tokenize", "--model", fixture("tiny-sd1"), "-a cat"}).code, 2);
 }
 
-}  // namespace
-}  // namespace t2i
-
-namespace t2i {
-namespace {
-
 TEST(Cli, GenerateWritesImagesAndLatents) {
     testing::TempDir tmp;
     auto r = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "a cat", "a dog",

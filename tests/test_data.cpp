@@ -20,28 +20,10 @@ namespace t2i {
 namespace {
 
 using data::InterpolationMode;
+using testing::expect_error;
+using testing::random_image;
 using testing::TempDir;
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary) << bytes;
-}
-
-torch::Tensor random_image(int64_t h, int64_t w, int64_t seed) {
-    torch::manual_seed(seed);
-    return torch::randint(0, 256, {h, w, 3}, torch::kInt64).to(torch::kUInt8);
-}
-
-template <typename E = std::runtime_error>
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-    try {
-        fn();
-        ADD_FAILURE() << "no exception";
-    } catch (const E& e) {
-        for (const auto& p : parts)
-            EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-                << "'" << p << "' not in: " << e.what();
-    }
-}
+using testing::write_bytes;
 
 // ---- golden train_step inputs, (e) resize formulas ------------------------------------
 

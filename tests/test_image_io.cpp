@@ -12,23 +12,18 @@
 #include <functional>
 #include <random>
 
+#include "io/file_util.h"
 #include "io/image_io.h"
 #include "test_util.h"
 
 namespace t2i {
 namespace {
 
+using testing::expect_error;
+using testing::random_image;
 using testing::TempDir;
+using testing::write_bytes;
 // ---- helpers: write test images with the codec libraries directly -------------------------
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 void png_fail(png_structp png, png_const_charp) { std::longjmp(png_jmpbuf(png), 1); }
 
@@ -87,11 +82,6 @@ void write_jpeg(const std::string& path, int w, int h, int components,
     std::free(out);
 }
 
-torch::Tensor random_image(int64_t h, int64_t w, int64_t seed) {
-    torch::manual_seed(seed);
-    return torch::randint(0, 256, {h, w, 3}, torch::kInt64).to(torch::kUInt8);
-}
-
 std::vector<uint8_t> to_vec(const torch::Tensor& t) {
     auto c = t.contiguous();
     return std::vector<uint8_t>(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel());
@@ -99,19 +89,6 @@ std::vector<uint8_t> to_vec(const torch::Tensor& t) {
 
 int max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
     return (a.to(torch::kInt32) - b.to(torch::kInt32)).abs().max().item<int>();
-}
-
-// Runs `fn`, expects std::runtime_error whose message contains every string of `parts`.
-template <typename E = std::runtime_error>
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-    try {
-        fn();
-        ADD_FAILURE() << "no exception";
-    } catch (const E& e) {
-        for (const auto& p : parts)
-            EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-                << "'" << p << "' not in: " << e.what();
-    }
 }
 
 // ---- (b) image_io -------------------------------------------------------------------------
@@ -206,7 +183,7 @@ TEST(ImageIo, WebpLosslessAndLossy) {
 TEST(ImageIo, ErrorsNameThePath) {
     TempDir dir;
     io::write_png(dir.file("ok.png"), random_image(40, 40, 3));
-    const std::string png = read_bytes(dir.file("ok.png"));
+    const std::string png = io::read_text_file(dir.file("ok.png"));
     write_bytes(dir.file("cut.png"), png.substr(0, png.size() / 2));
     expect_error([&] { io::decode_image(dir.file("cut.png")); }, {dir.file("cut.png"), "PNG"});
     std::string bad = png;
@@ -215,7 +192,7 @@ TEST(ImageIo, ErrorsNameThePath) {
     expect_error([&] { io::decode_image(dir.file("bad.png")); }, {dir.file("bad.png")});
     std::vector<uint8_t> px(64 * 64 * 3, 100);
     write_jpeg(dir.file("ok.jpg"), 64, 64, 3, px);
-    const std::string jpg = read_bytes(dir.file("ok.jpg"));
+    const std::string jpg = io::read_text_file(dir.file("ok.jpg"));
     write_bytes(dir.file("cut.jpg"), jpg.substr(0, jpg.size() / 2));
     expect_error([&] { io::decode_image(dir.file("cut.jpg")); },
                  {dir.file("cut.jpg"), "truncated"});
@@ -243,7 +220,7 @@ TEST(ImageIo, DamagedFilesNeverCrash) {
     std::mt19937 rng(1);
     int errors = 0;
     for (const char* name : {"a.png", "a.jpg", "a.webp"}) {
-        const std::string good = read_bytes(dir.file(name));
+        const std::string good = io::read_text_file(dir.file(name));
         for (int trial = 0; trial < 150; ++trial) {
             std::string bad = good;
             for (int k = 0; k < 1 + trial % 8; ++k)

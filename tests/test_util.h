@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -58,6 +59,29 @@ class TempDir {
   private:
     std::string path_;
 };
+
+// A random RGB uint8 image [h, w, 3] from torch's global generator seeded with `seed`.
+inline torch::Tensor random_image(int64_t h, int64_t w, int64_t seed) {
+    torch::manual_seed(seed);
+    return torch::randint(0, 256, {h, w, 3}, torch::kInt64).to(torch::kUInt8);
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// Runs `fn`, expects an E whose message contains every string of `parts`.
+template <typename E = std::runtime_error>
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+    try {
+        fn();
+        ADD_FAILURE() << "no exception";
+    } catch (const E& e) {
+        for (const auto& p : parts)
+            EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
+                << "'" << p << "' not in: " << e.what();
+    }
+}
 
 // `count` 80x72 images (shapes of random colours) with captions in dir/data, imagefolder layout
 // (metadata.jsonl). Returns the folder.

@@ -28,19 +28,17 @@ struct Table {
 
 // Extensions of Hugging Face's imagefolder (the common part); t2i decodes PNG, JPEG and WebP
 // and reports the others by path when they are loaded.
-bool is_image_file(const fs::path& p) {
-    static const std::set<std::string> kExt = {
-        ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".dib",
-        ".tif", ".tiff", ".ico", ".pbm",  ".pgm", ".ppm",  ".pnm",  ".tga", ".psd", ".jp2"};
-    std::string ext = p.extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-    return kExt.count(ext) > 0;
-}
-
 std::string lower_ext(const fs::path& p) {
     std::string ext = p.extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
     return ext;
+}
+
+bool is_image_file(const fs::path& p) {
+    static const std::set<std::string> kExt = {
+        ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".dib",
+        ".tif", ".tiff", ".ico", ".pbm",  ".pgm", ".ppm",  ".pnm",  ".tga", ".psd", ".jp2"};
+    return kExt.count(lower_ext(p)) > 0;
 }
 
 // HF datasets ignores hidden files and folders (".git", ".ipynb_checkpoints", "__MACOSX").
@@ -446,7 +444,6 @@ Example CaptionDataset::get(int64_t i, Rng& rng) const {
         throw BadSampleError(e.what());
     }
     Example ex;
-    ex.path         = rec.image_path;
     ex.pixel_values = train_transform(image, config_.transform, rng);  // [3, R, R]
     // tokenize_captions: random.choice among a list (is_train=True).
     const size_t n    = rec.captions.size();

@@ -64,7 +64,6 @@ class BadSampleError : public std::runtime_error {
 struct Example {
     torch::Tensor pixel_values;  // float32 [3, R, R] in [-1, 1]
     torch::Tensor input_ids;     // int64 [77] (model_max_length)
-    std::string path;            // the image file
     std::string caption;         // the caption that was tokenized
 };
 
@@ -80,8 +79,6 @@ class CaptionDataset {
 
     int64_t size() const { return static_cast<int64_t>(index_.records.size()); }
     const Record& record(int64_t i) const { return index_.records.at(static_cast<size_t>(i)); }
-    const DatasetIndex& index() const { return index_; }
-    const DatasetConfig& config() const { return config_; }
 
     // Decode + train_transform + tokenize record `i`. Draws from `rng` for the random crop and
     // flip (see train_transform), then for the caption choice when there are several. Thread

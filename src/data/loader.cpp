@@ -78,12 +78,11 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
     try {
         const int64_t epoch = linear / batches_per_epoch_, k = linear % batches_per_epoch_;
         const auto indices       = batch_indices(epoch, k);
-        const int64_t first      = (k * config_.world_size + config_.rank) * config_.batch_size;
         const int64_t step_first = k * config_.world_size * config_.batch_size;
+        const int64_t first      = step_first + config_.rank * config_.batch_size;
         Batch batch;
         batch.epoch         = epoch;
-        batch.batch_index   = k;
-        batch.global_offset = first - step_first;
+        batch.global_offset = first - step_first;  // rank x batch size
         batch.global_size =
             std::min(dataset_->size() - step_first, config_.world_size * config_.batch_size);
         std::vector<torch::Tensor> pixels, ids;
@@ -95,7 +94,6 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
                 Example ex = dataset_->get(indices[j], rng);
                 pixels.push_back(ex.pixel_values);
                 ids.push_back(ex.input_ids);
-                batch.paths.push_back(ex.path);
                 batch.indices.push_back(indices[j]);
             } catch (const BadSampleError& e) {
                 if (!config_.skip_bad_samples) throw;

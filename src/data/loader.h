@@ -60,12 +60,10 @@ struct LoaderPosition {
 };
 
 struct Batch {
-    torch::Tensor pixel_values;      // float32 [B, 3, R, R]
-    torch::Tensor input_ids;         // int64 [B, 77]
-    std::vector<std::string> paths;  // [B]
-    std::vector<int64_t> indices;    // [B] dataset indices; empty: this rank has no sample
-    int64_t epoch       = 0;
-    int64_t batch_index = 0;
+    torch::Tensor pixel_values;    // float32 [B, 3, R, R]
+    torch::Tensor input_ids;       // int64 [B, 77]
+    std::vector<int64_t> indices;  // [B] dataset indices; empty: this rank has no sample
+    int64_t epoch = 0;
     // This rank's part of the optimizer step's samples over all ranks (before bad samples are
     // left out): positions [global_offset, global_offset + B) of global_size.
     int64_t global_offset = 0;

@@ -186,7 +186,7 @@ torch::Tensor resample(const torch::Tensor& image, int out_h, int out_w, const F
         resample_vertical(current.data_ptr<uint8_t>(), w, out.data_ptr<uint8_t>(), out_h, vert);
         return out;
     }
-    return need_horizontal ? current : image.clone();
+    return current;  // horizontal only (resize() returned early when nothing changes)
 }
 
 // Geometry.c ImagingScaleAffine with a = (in_w / out_w, 0, 0, 0, in_h / out_h, 0): source
@@ -240,26 +240,6 @@ InterpolationMode parse_interpolation_mode(const std::string& name) {
     throw std::runtime_error("--image_interpolation_mode: unknown value '" + name +
                              "'; expected one of: nearest, nearest_exact, bilinear, bicubic, box, "
                              "hamming, lanczos");
-}
-
-const char* interpolation_mode_name(InterpolationMode mode) {
-    switch (mode) {
-        case InterpolationMode::kNearest:
-            return "nearest";
-        case InterpolationMode::kNearestExact:
-            return "nearest_exact";
-        case InterpolationMode::kBilinear:
-            return "bilinear";
-        case InterpolationMode::kBicubic:
-            return "bicubic";
-        case InterpolationMode::kBox:
-            return "box";
-        case InterpolationMode::kHamming:
-            return "hamming";
-        case InterpolationMode::kLanczos:
-            return "lanczos";
-    }
-    return "?";
 }
 
 uint64_t rng_uniform_index(Rng& rng, uint64_t n) {

@@ -35,7 +35,6 @@ enum class InterpolationMode {
 // "nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos" (lower case, as
 // the script's argparse choices); anything else throws listing them.
 InterpolationMode parse_interpolation_mode(const std::string& name);
-const char* interpolation_mode_name(InterpolationMode mode);
 
 using Rng = std::mt19937_64;
 

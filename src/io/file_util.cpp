@@ -7,8 +7,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
 
 namespace t2i::io {
@@ -50,21 +48,19 @@ void write_file_atomic(const std::string& path, const std::function<bool(std::FI
     fsync_dir(parent_dir(path));
 }
 
-void fsync_file(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+void fsync_path(const std::string& path, int flags) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags);
     if (fd >= 0) {
         ::fsync(fd);
         ::close(fd);
     }
 }
+}  // namespace
 
-void fsync_dir(const std::string& dir) {
-    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        ::fsync(fd);
-        ::close(fd);
-    }
-}
+void fsync_file(const std::string& path) { fsync_path(path, 0); }
+
+void fsync_dir(const std::string& dir) { fsync_path(dir, O_DIRECTORY); }
 
 void write_text_atomic(const std::string& path, const std::string& text) {
     write_file_atomic(path, [&](std::FILE* f) {
@@ -73,11 +69,16 @@ void write_text_atomic(const std::string& path, const std::string& text) {
 }
 
 std::string read_text_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot read '" + path + "': " + std::strerror(errno));
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw std::runtime_error("cannot read '" + path + "': " + std::strerror(errno));
+    std::string bytes;
+    char buffer[1 << 16];
+    size_t n;
+    while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) bytes.append(buffer, n);
+    const bool failed = std::ferror(f);
+    std::fclose(f);
+    if (failed) throw std::runtime_error("cannot read '" + path + "': read error");
+    return bytes;
 }
 
 bool file_exists(const std::string& path) {

@@ -17,6 +17,7 @@ void write_text_atomic(const std::string& path, const std::string& text);
 void fsync_dir(const std::string& dir);
 void fsync_file(const std::string& path);
 
+// The whole file, byte for byte (text or binary); throws naming the path.
 std::string read_text_file(const std::string& path);
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);

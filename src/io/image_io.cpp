@@ -292,19 +292,6 @@ const char* other_format_name(const std::string& bytes) {
     return nullptr;
 }
 
-std::string read_binary_file(const std::string& path) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) throw std::runtime_error("cannot read image '" + path + "': " + std::strerror(errno));
-    std::string bytes;
-    char buffer[1 << 16];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) bytes.append(buffer, n);
-    const bool failed = std::ferror(f);
-    std::fclose(f);
-    if (failed) throw std::runtime_error("cannot read image '" + path + "': read error");
-    return bytes;
-}
-
 struct PngSink {
     std::jmp_buf jump;
     char message[256];
@@ -379,7 +366,7 @@ torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& na
 }
 
 torch::Tensor decode_image(const std::string& path) {
-    return decode_image_bytes(read_binary_file(path), path);
+    return decode_image_bytes(read_text_file(path), path);
 }
 
 std::string encode_png(const torch::Tensor& rgb_u8_hwc) {
