@@ -1,7 +1,6 @@
 // Implements: training/checkpoint.h.
 #include "training/checkpoint.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>

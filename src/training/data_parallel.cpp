@@ -6,8 +6,8 @@
 
 namespace t2i::training {
 
-DataParallel::DataParallel(const TrainConfig& c, const torch::Device& device) {
-    const auto world = dist::WorldInfo::from_env();
+DataParallel::DataParallel(const TrainConfig& c, const dist::WorldInfo& world,
+                           const torch::Device& device) {
     if (!world.distributed()) return;
     set_log_rank(world.rank, world.world_size);
     dist::GroupOptions o;

@@ -23,15 +23,15 @@ namespace t2i::training {
 
 class DataParallel {
   public:
-    // Joins the world described by the environment (throws naming a bad variable or an
-    // unreachable rendezvous). `device` is the process's device (--device, cuda:LOCAL_RANK).
-    DataParallel(const TrainConfig& config, const torch::Device& device);
+    // Joins `world` (dist::WorldInfo::from_env(); throws for an unreachable rendezvous). `device`
+    // is the process's device (--device, cuda:LOCAL_RANK).
+    DataParallel(const TrainConfig& config, const dist::WorldInfo& world,
+                 const torch::Device& device);
 
     bool active() const { return group_ != nullptr; }  // more than one process
     int world_size() const { return group_ ? group_->size() : 1; }
     int rank() const { return group_ ? group_->rank() : 0; }
     bool is_main() const { return rank() == 0; }
-    bool zero1() const { return zero1_; }
     dist::ProcessGroup* group() { return group_.get(); }
 
     // Rank 0's value on every rank (the seed when none was given, the resume checkpoint).

@@ -148,15 +148,6 @@ void EMAModel::restore(const NamedTensors& params) {
     stored_.clear();  // diffusers: "Better memory-wise."
 }
 
-void EMAModel::to(const torch::Device& device) {
-    const bool pin = config_.offload && device.is_cpu() && torch::cuda::is_available();
-    for (auto& item : shadow_) {
-        if (item.second.device() == device) continue;
-        item.second = item.second.to(device);
-        if (pin) item.second = item.second.pin_memory();
-    }
-}
-
 std::map<std::string, torch::Tensor> EMAModel::shadow_map() const {
     return {shadow_.begin(), shadow_.end()};
 }

@@ -49,16 +49,11 @@ class EMAModel {
     // store(): CPU clones of `params`; restore(): copies them back and drops them.
     void store(const torch::OrderedDict<std::string, torch::Tensor>& params);
     void restore(const torch::OrderedDict<std::string, torch::Tensor>& params);
-    // Moves the shadow (diffusers EMAModel.to), pinned on the CPU when offloading with CUDA.
-    void to(const torch::Device& device);
 
     const EMAConfig& config() const { return config_; }
     int64_t optimization_step() const { return optimization_step_; }
     double cur_decay_value() const { return cur_decay_value_; }  // decay of the last step()
-    const std::vector<std::pair<std::string, torch::Tensor>>& shadow_params() const {
-        return shadow_;
-    }
-    std::map<std::string, torch::Tensor> shadow_map() const;  // name -> shadow (for saving)
+    std::map<std::string, torch::Tensor> shadow_map() const;     // name -> shadow (for saving)
 
     // The keys save_pretrained adds to unet_ema/config.json: decay, min_decay,
     // optimization_step, update_after_step, use_ema_warmup, inv_gamma, power.

@@ -14,10 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
+
 namespace t2i::training {
 
 using NamedParameters = torch::OrderedDict<std::string, torch::Tensor>;
-using TensorMap       = std::map<std::string, torch::Tensor>;
+using TensorMap       = io::TensorMap;
 
 // train_text_to_image.py's `--adam_*` flags and `--learning_rate`, with its defaults.
 struct AdamWOptions {
@@ -40,9 +42,6 @@ class AdamW {
     void zero_grad();  // set_to_none, torch 2.x's default: grads become undefined
 
     void set_lr(double lr) { options_.lr = lr; }  // per step, from the LR schedule
-    double lr() const { return options_.lr; }
-    const AdamWOptions& options() const { return options_; }
-    const std::vector<std::pair<std::string, torch::Tensor>>& params() const { return params_; }
     // The largest per-parameter step count (torch's `state[p]["step"]`).
     int64_t step_count() const;
 

@@ -6,8 +6,6 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "util/log.h"
-
 namespace t2i::training {
 
 namespace {

@@ -17,6 +17,7 @@
 #include <csignal>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "data/loader.h"
 #include "io/file_util.h"
@@ -163,8 +164,12 @@ TrainResult train(const TrainConfig& c) {
     // 0. Setup: validate everything before any work, threads, seed, device, the process group.
     c.validate();
     StopSignals signals;  // from here on, Ctrl-C / SIGTERM end the run after a step + checkpoint
-    set_num_threads(static_cast<int>(c.num_threads));
     const auto world = dist::WorldInfo::from_env();
+    // --num_threads 0: all cores, shared among the processes a launcher started on this machine.
+    set_num_threads(c.num_threads > 0
+                        ? static_cast<int>(c.num_threads)
+                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                          world.local_world_size));
     // One GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
     const torch::Device device(c.device == "cuda" && world.distributed()
                                    ? "cuda:" + std::to_string(world.local_rank)
@@ -175,7 +180,7 @@ TrainResult train(const TrainConfig& c) {
     const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     const std::string& base = c.pretrained_model_name_or_path;
     pipeline::check_model_dir(base);
-    DataParallel dp(c, device);  // one process, or the torchrun world
+    DataParallel dp(c, world, device);  // one process, or the torchrun world
     const int W         = dp.world_size();
     const bool is_main  = dp.is_main();
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
@@ -373,7 +378,7 @@ TrainResult train(const TrainConfig& c) {
         const auto t0 = std::chrono::steady_clock::now();
         int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
         bool epoch_done = false;  // this step consumed the epoch's last batch
-        double loss_sum = 0;
+        auto loss_acc   = torch::zeros({}, torch::dtype(torch::kFloat64).device(device));
         while (micro < GA) {
             auto batch = loader.next();
             if (!batch) {
@@ -413,17 +418,18 @@ TrainResult train(const TrainConfig& c) {
             if (dp.active()) loss = loss * share;
             // fp16 scales the loss (GradScaler); others pass through.
             scaler.scale(loss).backward();
-            loss_sum += out.loss.item<double>() * share;
+            loss_acc.add_(out.loss.detach().to(torch::kFloat64) * share);  // no host sync
             samples += n;
             if (epoch_done) break;  // accelerate syncs at the end of the dataloader
         }
         // ---- optimizer step ----
         bool stop_signal = g_stop_signal.load() != 0;
+        double loss_sum  = loss_acc.item<double>();
         // Gradients summed over ranks; the logged loss is the mean over ranks; a signal on any
         // rank stops all of them at this step.
         dp.sync_gradients(loss_sum, samples, stop_signal, global_step);
         if (scaler.is_enabled()) scaler.unscale_(param_list);
-        const double grad_norm = clip_grad_norm(params, c.max_grad_norm).item<double>();
+        const double grad_norm = clip_grad_norm(param_list, c.max_grad_norm).item<double>();
         const double step_lr   = schedule.get_lr();
         optimizer->set_lr(step_lr);
         // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -14,6 +13,16 @@
 namespace t2i {
 
 static int g_rank = 0, g_world_size = 1;
+
+static std::string vstrformat(const char* fmt, va_list ap) {
+    va_list ap2;
+    va_copy(ap2, ap);
+    const int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    std::vector<char> buf(static_cast<size_t>(std::max(n, 0)) + 1);
+    std::vsnprintf(buf.data(), buf.size(), fmt, ap2);
+    va_end(ap2);
+    return std::string(buf.data(), static_cast<size_t>(std::max(n, 0)));
+}
 
 void set_log_rank(int rank, int world_size) {
     g_rank       = rank;
@@ -25,13 +34,7 @@ static void vlog(const char* level, const char* fmt, va_list ap) {
     // One write per line, so lines of several processes sharing a terminal never interleave.
     std::string line = g_world_size > 1 ? strformat("[t2i %s rank %d] ", level, g_rank)
                                         : strformat("[t2i %s] ", level);
-    va_list ap2;
-    va_copy(ap2, ap);
-    const int n = std::vsnprintf(nullptr, 0, fmt, ap);
-    std::vector<char> buf(static_cast<size_t>(std::max(n, 0)) + 1);
-    std::vsnprintf(buf.data(), buf.size(), fmt, ap2);
-    va_end(ap2);
-    line.append(buf.data(), static_cast<size_t>(std::max(n, 0)));
+    line += vstrformat(fmt, ap);
     line += '\n';
     std::fflush(stderr);
     for (size_t done = 0; done < line.size();) {
@@ -65,24 +68,13 @@ void log_error(const char* fmt, ...) {
 std::string strformat(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    va_list ap2;
-    va_copy(ap2, ap);
-    int n = std::vsnprintf(nullptr, 0, fmt, ap);
+    std::string out = vstrformat(fmt, ap);
     va_end(ap);
-    std::vector<char> buf(static_cast<size_t>(n) + 1);
-    std::vsnprintf(buf.data(), buf.size(), fmt, ap2);
-    va_end(ap2);
-    return std::string(buf.data(), static_cast<size_t>(n));
+    return out;
 }
 
 void set_num_threads(int n) {
-    if (n <= 0) {
-        // All cores, shared among the processes a launcher started on this machine.
-        n                    = static_cast<int>(std::thread::hardware_concurrency());
-        const char* local_ws = std::getenv("LOCAL_WORLD_SIZE");
-        const int procs      = local_ws ? std::atoi(local_ws) : 1;
-        if (procs > 1) n = std::max(1, n / procs);
-    }
+    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
     if (n <= 0) n = 1;
     torch::set_num_threads(n);
     // Initializes this thread's OpenMP team size now, so worker threads that later lower the
