@@ -10,18 +10,12 @@
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
 #include "test_util.h"
+#include "train_golden.h"
 
 namespace t2i {
 namespace {
 
 using testing::fixture;
-
-// info.json holds -Infinity (lambda_min_clipped), which strict JSON rejects.
-nlohmann::json read_info(const std::string& cfg) {
-    auto text = io::read_text_file(fixture("golden/" + cfg + "/info.json"));
-    text      = std::regex_replace(text, std::regex("-Infinity"), "-1e308");
-    return nlohmann::json::parse(text);
-}
 
 pipeline::StableDiffusionPipeline load_pipeline(const std::string& cfg) {
     const std::string dir = fixture(cfg);
@@ -35,7 +29,7 @@ class PipelineGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PipelineGolden, MatchesDiffusersForEverySampler) {
     const std::string cfg = GetParam();
-    const auto info       = read_info(cfg)["sampling"];
+    const auto info       = testing::read_golden_info(cfg)["sampling"];
     io::SafetensorsFile golden(fixture("golden/" + cfg + "/sampling.safetensors"));
     auto pipe = load_pipeline(cfg);
     {

@@ -19,21 +19,12 @@
 #include "schedulers/pndm.h"
 #include "schedulers/scheduler.h"
 #include "test_util.h"
+#include "train_golden.h"
 
 using t2i::testing::fixture;
 using namespace t2i::schedulers;
 
 namespace {
-
-// info.json holds `-Infinity` (lambda_min_clipped), which strict JSON rejects: read it leniently.
-nlohmann::json read_info(const std::string& cfg) {
-    std::ifstream f(fixture("golden/" + cfg + "/info.json"));
-    std::stringstream ss;
-    ss << f.rdbuf();
-    std::string s = ss.str();
-    for (size_t p; (p = s.find("-Infinity")) != std::string::npos;) s.replace(p, 9, "-1e308");
-    return nlohmann::json::parse(s);
-}
 
 // The README's sampler tolerance: |diff| <= 5e-6 x (1 + |ref|). Prints the max diff.
 ::testing::AssertionResult sampler_close(const torch::Tensor& a, const torch::Tensor& e) {
@@ -52,7 +43,7 @@ t2i::io::JsonConfig json_config(nlohmann::json j) {
 
 void check_golden_run(const std::string& cfg, const std::string& sampler) {
     SCOPED_TRACE(cfg + " " + sampler);
-    const auto info = read_info(cfg).at("sampling").at("samplers").at(sampler);
+    const auto info = t2i::testing::read_golden_info(cfg).at("sampling").at("samplers").at(sampler);
     const auto g    = t2i::io::load_safetensors(fixture("golden/" + cfg + "/sampling.safetensors"));
     auto G          = [&](const std::string& k) { return g.at(sampler + "." + k); };
     // The exact config diffusers ran (its _class_name picks the class).
@@ -115,7 +106,7 @@ TEST(Samplers, GoldenRunsTinySd2VPrediction) {
 // The model's own DDPM config through from_config gives the configs the golden runs used.
 TEST(Samplers, FromDdpmConfigMatchesGoldenConfigs) {
     const auto json = t2i::io::read_json(fixture("tiny-sd1/scheduler/scheduler_config.json"));
-    const auto info = read_info("tiny-sd1").at("sampling").at("samplers");
+    const auto info = t2i::testing::read_golden_info("tiny-sd1").at("sampling").at("samplers");
     // DDIMScheduler.from_config(ddpm_config, set_alpha_to_one=False)
     auto ddim_cfg             = DDIMConfig::from_json(json);
     ddim_cfg.set_alpha_to_one = false;

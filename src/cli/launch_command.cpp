@@ -34,9 +34,6 @@ extern "C" void on_launcher_signal(int sig) {
     g_signal_count = g_signal_count + 1;
 }
 
-const char* const kSubcommands[] = {"train",    "generate",   "inspect",
-                                    "tokenize", "init-model", "demo-data"};
-
 std::string describe_status(int status) {
     if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
     if (WIFSIGNALED(status))
@@ -86,14 +83,12 @@ int launch_command(const std::vector<std::string>& args) {
 
     // `-- train ARGS` runs this binary's train command (by its real path, so that `ps` shows
     // it).
-    for (const char* sub : kSubcommands)
-        if (command[0] == sub) {
-            std::vector<char> self(4096, '\0');
-            const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);
-            command.insert(command.begin(), n > 0 ? std::string(self.data(), size_t(n))
-                                                  : std::string("/proc/self/exe"));
-            break;
-        }
+    if (is_subcommand(command[0])) {
+        std::vector<char> self(4096, '\0');
+        const ssize_t n = readlink("/proc/self/exe", self.data(), self.size() - 1);
+        command.insert(command.begin(),
+                       n > 0 ? std::string(self.data(), size_t(n)) : std::string("/proc/self/exe"));
+    }
 
     struct sigaction sa {};
     sa.sa_handler = on_launcher_signal;

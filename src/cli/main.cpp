@@ -34,6 +34,16 @@ const Command kCommands[] = {
      "Write a small synthetic captioned image dataset (imagefolder + metadata.jsonl)."},
 };
 
+}  // namespace
+
+bool t2i::cli::is_subcommand(const std::string& name) {
+    for (const auto& c : kCommands)
+        if (name == c.name) return name != "launch";
+    return false;
+}
+
+namespace {
+
 void print_usage(std::FILE* out) {
     std::fprintf(
         out, "usage: t2i <command> [flags]   (t2i <command> --help for its flags)\n\ncommands:\n");

@@ -3,13 +3,11 @@
 // torch.utils.tensorboard writes byte for byte apart from wall times and PNG compression.
 #include "io/tensorboard.h"
 
-#include <png.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
 #include <chrono>
-#include <csetjmp>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -271,7 +269,8 @@ void EventWriter::add_image(const std::string& tag, const torch::Tensor& images_
     item.tag       = tag;
     // Own a copy: the caller may reuse its buffer before the writer thread encodes it.
     auto images = images_u8.dim() == 3 ? images_u8.unsqueeze(0) : images_u8;  // [N, H, W, 3]
-    item.image  = images.to(torch::kCPU).contiguous().clone();
+    // One owned, contiguous CPU copy (the caller may reuse or free its tensor).
+    item.image = torch::empty(images.sizes(), images.options().device(torch::kCPU)).copy_(images);
     push(std::move(item));
 }
 

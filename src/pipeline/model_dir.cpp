@@ -1,7 +1,6 @@
 // Implements: pipeline/model_dir.h.
 #include "pipeline/model_dir.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <filesystem>

@@ -4,17 +4,9 @@
 
 #include <stdexcept>
 
+#include "schedulers/ddpm.h"
+
 namespace t2i::schedulers {
-
-namespace {
-
-void check_prediction_type(const std::string& p, const std::string& where) {
-    if (p != "epsilon" && p != "sample" && p != "v_prediction")
-        throw std::runtime_error(where + ": unknown prediction_type '" + p +
-                                 "' (accepted: epsilon, sample, v_prediction)");
-}
-
-}  // namespace
 
 DDIMConfig DDIMConfig::from_json(const io::JsonConfig& json) {
     DDIMConfig c;

@@ -12,13 +12,6 @@ namespace {
 
 const std::vector<std::string> kPredictionTypes = {"epsilon", "sample", "v_prediction"};
 
-void check_prediction_type(const std::string& prediction_type, const std::string& where) {
-    for (const auto& p : kPredictionTypes)
-        if (p == prediction_type) return;
-    throw std::runtime_error(where + ": unknown prediction_type '" + prediction_type +
-                             "' (accepted: epsilon, sample, v_prediction)");
-}
-
 // Timesteps index alphas_cumprod, so they must be integers in [0, T).
 void check_timesteps(const torch::Tensor& timesteps, int64_t num_train_timesteps,
                      const char* where) {
@@ -36,6 +29,13 @@ void check_timesteps(const torch::Tensor& timesteps, int64_t num_train_timesteps
 }
 
 }  // namespace
+
+void check_prediction_type(const std::string& prediction_type, const std::string& where) {
+    for (const auto& p : kPredictionTypes)
+        if (p == prediction_type) return;
+    throw std::runtime_error(where + ": unknown prediction_type '" + prediction_type +
+                             "' (accepted: epsilon, sample, v_prediction)");
+}
 
 SchedulerConfig SchedulerConfig::from_json(const io::JsonConfig& json) {
     SchedulerConfig c;

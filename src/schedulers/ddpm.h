@@ -45,6 +45,9 @@ struct SchedulerConfig {
     static SchedulerConfig from_json(const io::JsonConfig& json);
 };
 
+// Throws unless prediction_type is epsilon, sample or v_prediction; `where` names the config.
+void check_prediction_type(const std::string& prediction_type, const std::string& where);
+
 class DDPMScheduler {
   public:
     // Builds the schedule; an unknown beta_schedule throws naming it.

@@ -218,7 +218,6 @@ torch::Tensor DPMSolverMultistepScheduler::step(const torch::Tensor& model_outpu
     const bool lower_order_final =
         step_index_ == S - 1 &&
         (c.euler_at_final || (c.lower_order_final && S < 15) || c.final_sigmas_type == "zero");
-    const bool lower_order_second = step_index_ == S - 2 && c.lower_order_final && S < 15;
     // 2. model output -> x_0 (or epsilon), pushed onto the history.
     auto converted = convert_model_output(model_output, sample);
     for (size_t i = 0; i + 1 < model_outputs_.size(); ++i)
@@ -231,7 +230,6 @@ torch::Tensor DPMSolverMultistepScheduler::step(const torch::Tensor& model_outpu
         prev_sample = first_order_update(converted, x);
     else
         prev_sample = second_order_update(x);
-    (void)lower_order_second;  // only selects between orders 2 and 3
     if (lower_order_nums_ < c.solver_order) ++lower_order_nums_;
     ++step_index_;
     return prev_sample.to(converted.scalar_type());

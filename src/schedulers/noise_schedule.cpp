@@ -13,15 +13,7 @@ namespace t2i::schedulers {
 const std::vector<std::string> kBetaSchedules = {"linear", "scaled_linear", "squaredcos_cap_v2",
                                                  "sigmoid"};
 
-namespace {
-
-std::string join(const std::vector<std::string>& names) {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-    return s;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 torch::Tensor betas_for_alpha_bar(int64_t num_diffusion_timesteps, double max_beta,
                                   const std::string& alpha_transform_type) {

@@ -12,6 +12,7 @@
 #include "schedulers/dpm_solver.h"
 #include "schedulers/euler.h"
 #include "schedulers/pndm.h"
+#include "util/log.h"
 
 namespace t2i::schedulers {
 
@@ -19,12 +20,6 @@ const std::vector<std::string> kSchedulerNames = {
     "ddim", "pndm", "euler", "euler_ancestral", "dpm++2m", "dpm++2m_karras", "ddpm"};
 
 namespace {
-
-std::string join(const std::vector<std::string>& names) {
-    std::string s;
-    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-    return s;
-}
 
 // `_class_name` -> CLI name.
 const std::vector<std::pair<std::string, std::string>> kClassNames = {

@@ -73,6 +73,12 @@ std::string strformat(const char* fmt, ...) {
     return out;
 }
 
+std::string join(const std::vector<std::string>& names) {
+    std::string s;
+    for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
 void set_num_threads(int n) {
     if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
     if (n <= 0) n = 1;

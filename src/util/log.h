@@ -3,6 +3,7 @@
 
 #include <cstdarg>
 #include <string>
+#include <vector>
 
 namespace t2i {
 
@@ -16,5 +17,8 @@ void set_log_rank(int rank, int world_size);
 
 // printf into a std::string; used to build error messages.
 std::string strformat(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// "a, b, c": lists of accepted values in error messages.
+std::string join(const std::vector<std::string>& names);
 
 }  // namespace t2i
