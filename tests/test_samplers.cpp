@@ -180,6 +180,25 @@ TEST(Samplers, FromConfigDefaultRule) {
     EXPECT_FLOAT_EQ(euler.init_noise_sigma(), euler.sigmas()[0].item<float>());  // no sqrt(s^2+1)
 }
 
+// Few steps, as diffusers' slicing gives them: skip_prk_steps with one step is [t0] (with
+// leading spacing and steps_offset 1 as SD 1.5: t0 = 1); PRK needs 4 steps (diffusers fails in
+// np.tile below that), an error naming the flag instead of a read out of bounds.
+TEST(Samplers, PndmWithFewStepsFollowsNumpySlicing) {
+    PNDMConfig c;
+    c.skip_prk_steps = true;
+    c.steps_offset   = 1;
+    PNDMScheduler one(c);
+    one.set_timesteps(1);
+    EXPECT_TRUE(torch::equal(one.timesteps(), torch::tensor({int64_t(1)})));
+    one.set_timesteps(2);  // _t = [1, 501]: [1] + [1] + [501], reversed
+    EXPECT_TRUE(
+        torch::equal(one.timesteps(), torch::tensor({int64_t(501), int64_t(1), int64_t(1)})));
+    c.skip_prk_steps = false;
+    PNDMScheduler prk(c);
+    t2i::testing::expect_error([&] { prk.set_timesteps(3); },
+                               {"at least 4", "--num_inference_steps"});
+}
+
 namespace {
 
 // One step of a stochastic sampler from fixed inputs with a seeded CPU generator.

@@ -47,12 +47,17 @@ void PNDMScheduler::set_timesteps(int64_t n) {
         // 2a. [_t[:-1], _t[-2:-1], _t[-1:]][::-1]: the second-to-last entry is repeated, because
         //     the first PLMS step needs two model evaluations at the same x (eq. 12, k = 1).
         for (int64_t i = 0; i + 1 < B; ++i) plms.push_back(base[i]);
-        plms.push_back(base[B - 2]);
+        if (B >= 2) plms.push_back(base[B - 2]);  // numpy slices: empty for one step
         plms.push_back(base[B - 1]);
         std::reverse(plms.begin(), plms.end());
     } else {
         // 2b. PRK: the last 4 base timesteps, each with t and t + T//n//2, repeated for the 4
         //     Runge-Kutta evaluations: prk = (x[:-1].repeat(2)[1:-1])[::-1].
+        if (B < 4)  // diffusers fails here too (a shape mismatch in np.tile)
+            throw std::runtime_error(
+                "PNDMScheduler with skip_prk_steps=false needs at least 4 inference steps, got " +
+                std::to_string(n) +
+                "; use --num_inference_steps 4 or more, or another --scheduler");
         const int64_t half = T / n / 2;
         std::vector<int64_t> x;
         for (int64_t i = B - 4; i < B; ++i) {
