@@ -2,6 +2,7 @@
 #include "io/file_util.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,17 +69,73 @@ void write_text_atomic(const std::string& path, const std::string& text) {
     });
 }
 
-std::string read_text_file(const std::string& path) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) throw std::runtime_error("cannot read '" + path + "': " + std::strerror(errno));
+namespace {
+
+// Opens `path` for reading and checks that it is a regular file of at most `max_bytes`.
+// O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused right after).
+int open_regular_file(const std::string& path, uint64_t max_bytes, struct stat* st) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) throw std::runtime_error("cannot read '" + path + "': " + std::strerror(errno));
+    if (::fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        ::close(fd);
+        throw std::runtime_error("cannot read '" + path +
+                                 "': not a regular file (a folder, device, FIFO or socket)");
+    }
+    if (static_cast<uint64_t>(st->st_size) > max_bytes) {
+        ::close(fd);
+        throw std::runtime_error("'" + path + "' is " + std::to_string(st->st_size) +
+                                 " bytes, more than the " + std::to_string(max_bytes) +
+                                 " bytes t2i reads for a file of this kind; is it the right file?");
+    }
+    return fd;
+}
+
+}  // namespace
+
+std::string read_text_file(const std::string& path, uint64_t max_bytes) {
+    struct stat st {};
+    const int fd = open_regular_file(path, max_bytes, &st);
     std::string bytes;
+    bytes.reserve(static_cast<size_t>(st.st_size));
     char buffer[1 << 16];
-    size_t n;
-    while ((n = std::fread(buffer, 1, sizeof buffer, f)) > 0) bytes.append(buffer, n);
-    const bool failed = std::ferror(f);
-    std::fclose(f);
-    if (failed) throw std::runtime_error("cannot read '" + path + "': read error");
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            const std::string err = std::strerror(errno);
+            ::close(fd);
+            throw std::runtime_error("cannot read '" + path + "': " + err);
+        }
+        if (n == 0) break;
+        bytes.append(buffer, static_cast<size_t>(n));
+        if (bytes.size() > max_bytes) {  // the file grew while being read
+            ::close(fd);
+            throw std::runtime_error("'" + path + "' grew past " + std::to_string(max_bytes) +
+                                     " bytes while being read");
+        }
+    }
+    ::close(fd);
     return bytes;
+}
+
+MappedFile::MappedFile(const std::string& path) {
+    struct stat st {};
+    const int fd = open_regular_file(path, UINT64_MAX, &st);
+    size_        = static_cast<size_t>(st.st_size);
+    if (size_ > 0) {
+        data_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (data_ == MAP_FAILED) {
+            const std::string err = std::strerror(errno);
+            data_                 = nullptr;
+            ::close(fd);
+            throw std::runtime_error("cannot map '" + path + "': " + err);
+        }
+    }
+    ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+    if (data_) ::munmap(data_, size_);
 }
 
 bool file_exists(const std::string& path) {

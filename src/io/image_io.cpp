@@ -16,7 +16,9 @@
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
 #include "io/file_util.h"
@@ -25,7 +27,8 @@ namespace t2i::io {
 namespace {
 
 // PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS (DecompressionBombError).
-constexpr uint64_t kMaxPixels = 2ull * 89478485ull;
+constexpr const char* kTooLarge =
+    "image is larger than 178,956,970 pixels (Pillow's decompression-bomb limit)";
 
 struct CodecError {
     std::jmp_buf jump;
@@ -48,10 +51,16 @@ struct PngRaw {
     uint32_t width = 0, height = 0;
     int bit_depth = 0, color_type = 0;
     size_t row_bytes = 0;
-    std::vector<uint8_t> pixels;
-    std::vector<png_bytep> rows;
+    // Not value-initialized: pages are committed only as rows are decoded, so a truncated file
+    // that declares a huge image fails before it costs its declared size in memory.
+    std::unique_ptr<uint8_t[]> pixels;
     std::array<uint8_t, 768> palette{};  // PIL's palette starts as a gray ramp
+    const uint8_t* row(size_t y) const { return pixels.get() + y * row_bytes; }
 };
+
+// deflate never expands more than 1032:1, so PNG data of `compressed` bytes cannot hold more
+// than about 1032 x compressed raw bytes: a header that declares more is corrupt or a bomb.
+constexpr uint64_t kMaxDeflateRatio = 1040;
 
 void png_read_callback(png_structp png, png_bytep out, png_size_t n) {
     auto* src = static_cast<PngSource*>(png_get_io_ptr(png));
@@ -70,7 +79,7 @@ void png_warning_callback(png_structp, png_const_charp) {}
 
 // Reads the samples without libpng colour transforms, except unpacking sub-byte samples (and
 // scaling sub-byte gray to 8 bits, as PIL's L;2 / L;4 / 1 unpackers do). False on error.
-bool png_decode_raw(const std::string& bytes, PngRaw* raw, CodecError* err) {
+bool png_decode_raw(std::string_view bytes, PngRaw* raw, CodecError* err) {
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, err, png_error_callback,
                                              png_warning_callback);
     png_infop info  = png ? png_create_info_struct(png) : nullptr;
@@ -90,7 +99,13 @@ bool png_decode_raw(const std::string& bytes, PngRaw* raw, CodecError* err) {
     raw->height     = png_get_image_height(png, info);
     raw->bit_depth  = png_get_bit_depth(png, info);
     raw->color_type = png_get_color_type(png, info);
-    if (uint64_t(raw->width) * raw->height > kMaxPixels) png_error(png, "image is too large");
+    if (uint64_t(raw->width) * raw->height > kMaxImagePixels) png_error(png, kTooLarge);
+    // The stored rows (each with its filter byte) against what deflate can expand the file to.
+    if ((uint64_t(png_get_rowbytes(png, info)) + 1) * raw->height >
+        kMaxDeflateRatio * bytes.size() + 65536)
+        png_error(png,
+                  "the header declares more pixels than the file can hold (truncated, corrupt "
+                  "or a decompression bomb)");
     if (raw->color_type == PNG_COLOR_TYPE_PALETTE) {
         png_colorp entries = nullptr;
         int count          = 0;
@@ -107,13 +122,15 @@ bool png_decode_raw(const std::string& bytes, PngRaw* raw, CodecError* err) {
     if (raw->bit_depth < 8) png_set_packing(png);
     if (raw->color_type == PNG_COLOR_TYPE_GRAY && raw->bit_depth < 8)
         png_set_expand_gray_1_2_4_to_8(png);
-    png_set_interlace_handling(png);
+    const int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
     raw->row_bytes = png_get_rowbytes(png, info);
-    raw->pixels.resize(raw->row_bytes * raw->height);
-    raw->rows.resize(raw->height);
-    for (uint32_t y = 0; y < raw->height; ++y) raw->rows[y] = &raw->pixels[y * raw->row_bytes];
-    png_read_image(png, raw->rows.data());
+    raw->pixels.reset(new uint8_t[raw->row_bytes * raw->height]);
+    // png_read_image without its array of row pointers (8 bytes per row, touched up front):
+    // each interlace pass combines its pixels into the rows, as png_read_image does.
+    for (int pass = 0; pass < passes; ++pass)
+        for (uint32_t y = 0; y < raw->height; ++y)
+            png_read_row(png, raw->pixels.get() + y * raw->row_bytes, nullptr);
     // PIL stops after the image data, so a missing IEND is not an error; skip png_read_end.
     png_destroy_read_struct(&png, &info, nullptr);
     return true;
@@ -125,7 +142,7 @@ torch::Tensor png_to_rgb(const PngRaw& raw) {
     uint8_t* dst  = out.data_ptr<uint8_t>();
     const int bps = raw.bit_depth == 16 ? 2 : 1;  // bytes per sample (MSB first)
     for (int64_t y = 0; y < h; ++y) {
-        const uint8_t* row = raw.rows[y];
+        const uint8_t* row = raw.row(static_cast<size_t>(y));
         for (int64_t x = 0; x < w; ++x, dst += 3) {
             switch (raw.color_type) {
                 case PNG_COLOR_TYPE_GRAY: {
@@ -175,7 +192,7 @@ void jpeg_emit_message(j_common_ptr cinfo, int level) {
 }
 
 // Decodes to 1 (gray), 3 (RGB) or 4 (CMYK as stored) components per pixel. False on error.
-bool jpeg_decode_raw(const std::string& bytes, std::vector<uint8_t>* pixels, int* width,
+bool jpeg_decode_raw(std::string_view bytes, std::unique_ptr<uint8_t[]>* pixels, int* width,
                      int* height, int* components, CodecError* err) {
     jpeg_decompress_struct cinfo;
     JpegError jerr;
@@ -205,8 +222,8 @@ bool jpeg_decode_raw(const std::string& bytes, std::vector<uint8_t>* pixels, int
         default:
             ERREXIT(&cinfo, JERR_BAD_J_COLORSPACE);
     }
-    if (uint64_t(cinfo.image_width) * cinfo.image_height > kMaxPixels) {
-        std::snprintf(err->message, sizeof err->message, "image is too large");
+    if (uint64_t(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
+        std::snprintf(err->message, sizeof err->message, "%s", kTooLarge);
         std::longjmp(err->jump, 1);
     }
     jpeg_start_decompress(&cinfo);
@@ -214,9 +231,9 @@ bool jpeg_decode_raw(const std::string& bytes, std::vector<uint8_t>* pixels, int
     *height             = static_cast<int>(cinfo.output_height);
     *components         = cinfo.output_components;
     const size_t stride = size_t(*width) * *components;
-    pixels->resize(stride * *height);
+    pixels->reset(new uint8_t[stride * *height]);  // committed as scanlines arrive
     while (cinfo.output_scanline < cinfo.output_height) {
-        JSAMPROW row = pixels->data() + stride * cinfo.output_scanline;
+        JSAMPROW row = pixels->get() + stride * cinfo.output_scanline;
         jpeg_read_scanlines(&cinfo, &row, 1);
     }
     jpeg_finish_decompress(&cinfo);
@@ -231,12 +248,12 @@ inline uint8_t cmyk_channel(int c, int nk) {
     return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-torch::Tensor jpeg_to_rgb(const std::vector<uint8_t>& px, int w, int h, int components) {
+torch::Tensor jpeg_to_rgb(const uint8_t* px, int w, int h, int components) {
     auto out       = torch::empty({h, w, 3}, torch::kUInt8);
     uint8_t* dst   = out.data_ptr<uint8_t>();
     const size_t n = size_t(w) * h;
     if (components == 3) {
-        std::memcpy(dst, px.data(), n * 3);
+        std::memcpy(dst, px, n * 3);
     } else if (components == 1) {
         for (size_t i = 0; i < n; ++i) dst[3 * i] = dst[3 * i + 1] = dst[3 * i + 2] = px[i];
     } else {
@@ -252,7 +269,7 @@ torch::Tensor jpeg_to_rgb(const std::vector<uint8_t>& px, int w, int h, int comp
 // ---- WebP ---------------------------------------------------------------------------------
 
 // Pillow decodes every WebP through WebPAnimDecoder in RGBA and keeps the first frame.
-torch::Tensor webp_to_rgb(const std::string& bytes, const std::string& name) {
+torch::Tensor webp_to_rgb(std::string_view bytes, const std::string& name) {
     WebPData data{reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()};
     WebPAnimDecoderOptions options;
     if (!WebPAnimDecoderOptionsInit(&options)) fail(name, "libwebp version mismatch");
@@ -264,7 +281,7 @@ torch::Tensor webp_to_rgb(const std::string& bytes, const std::string& name) {
     uint8_t* rgba = nullptr;
     int timestamp = 0;
     if (!WebPAnimDecoderGetInfo(decoder, &info) ||
-        uint64_t(info.canvas_width) * info.canvas_height > kMaxPixels ||
+        uint64_t(info.canvas_width) * info.canvas_height > kMaxImagePixels ||
         !WebPAnimDecoderGetNext(decoder, &rgba, &timestamp)) {
         WebPAnimDecoderDelete(decoder);
         fail(name, "corrupt, truncated or too large WebP file");
@@ -279,12 +296,12 @@ torch::Tensor webp_to_rgb(const std::string& bytes, const std::string& name) {
 
 // ---- format detection ---------------------------------------------------------------------
 
-bool starts_with(const std::string& bytes, const char* magic, size_t n, size_t at = 0) {
+bool starts_with(std::string_view bytes, const char* magic, size_t n, size_t at = 0) {
     return bytes.size() >= at + n && std::memcmp(bytes.data() + at, magic, n) == 0;
 }
 
 // Formats PIL can open but t2i does not decode; named so the message says what the file is.
-const char* other_format_name(const std::string& bytes) {
+const char* other_format_name(std::string_view bytes) {
     if (starts_with(bytes, "GIF8", 4)) return "GIF";
     if (starts_with(bytes, "BM", 2)) return "BMP";
     if (starts_with(bytes, "II*\0", 4) || starts_with(bytes, "MM\0*", 4)) return "TIFF";
@@ -339,7 +356,7 @@ bool png_encode_rgb(PngSink* sink, const uint8_t* data, int w, int h) {
 
 }  // namespace
 
-torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& name) {
+torch::Tensor decode_image_bytes(std::string_view bytes, const std::string& name) {
     CodecError err;
     if (starts_with(bytes, "\x89PNG\r\n\x1a\n", 8)) {
         PngRaw raw;
@@ -347,11 +364,11 @@ torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& na
         return png_to_rgb(raw);
     }
     if (starts_with(bytes, "\xFF\xD8\xFF", 3)) {
-        std::vector<uint8_t> pixels;
+        std::unique_ptr<uint8_t[]> pixels;
         int w = 0, h = 0, components = 0;
         if (!jpeg_decode_raw(bytes, &pixels, &w, &h, &components, &err))
             fail(name, std::string("JPEG: ") + err.message);
-        return jpeg_to_rgb(pixels, w, h, components);
+        return jpeg_to_rgb(pixels.get(), w, h, components);
     }
     if (starts_with(bytes, "RIFF", 4) && starts_with(bytes, "WEBP", 4, 8))
         return webp_to_rgb(bytes, name);
@@ -366,7 +383,10 @@ torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& na
 }
 
 torch::Tensor decode_image(const std::string& path) {
-    return decode_image_bytes(read_text_file(path), path);
+    // Mapped, not read: the magic bytes and the header are checked before the rest of the file
+    // is touched, so a huge or mislabelled file costs nothing (PIL also decodes lazily).
+    const MappedFile file(path);
+    return decode_image_bytes(file.bytes(), path);
 }
 
 std::string encode_png(const torch::Tensor& rgb_u8_hwc) {

@@ -15,15 +15,21 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <string_view>
 
 namespace t2i::io {
 
+// The most pixels a decoded image, or an image resized for training, may have: Pillow's
+// decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS), beyond which PIL refuses to open it.
+constexpr uint64_t kMaxImagePixels = 2ull * 89478485ull;
+
 // uint8 [H, W, 3] RGB. Throws std::runtime_error naming `path` and the problem for unreadable,
-// unknown, truncated or corrupt files.
+// unknown, truncated or corrupt files, and for images above kMaxImagePixels. The file is mapped,
+// not read: only what the decoder needs is touched.
 torch::Tensor decode_image(const std::string& path);
 
 // Same, from bytes in memory; `name` is used in error messages.
-torch::Tensor decode_image_bytes(const std::string& bytes, const std::string& name);
+torch::Tensor decode_image_bytes(std::string_view bytes, const std::string& name);
 
 // 8-bit RGB PNG of a uint8 [H, W, 3] tensor, written atomically (temp name, fsync, rename).
 void write_png(const std::string& path, const torch::Tensor& rgb_u8_hwc);

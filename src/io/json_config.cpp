@@ -1,17 +1,65 @@
 // Implements: io/json_config.h.
 #include "io/json_config.h"
 
+#include <cstdio>
+
 #include "io/file_util.h"
 
 namespace t2i::io {
 
+namespace {
+
+const char* type_name(const nlohmann::json& j) {
+    switch (j.type()) {
+        case nlohmann::json::value_t::array:
+            return "an array";
+        case nlohmann::json::value_t::string:
+            return "a string";
+        case nlohmann::json::value_t::null:
+            return "null";
+        case nlohmann::json::value_t::boolean:
+            return "a boolean";
+        default:
+            return j.is_number() ? "a number" : "a value";
+    }
+}
+
+std::string format_number(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.10g", v);
+    return buf;
+}
+
+}  // namespace
+
+JsonConfig::JsonConfig(nlohmann::json json, std::string path)
+    : json_(std::move(json)), path_(std::move(path)) {
+    if (!json_.is_object())
+        throw std::runtime_error("config '" + path_ +
+                                 "': expected a JSON object {\"key\": value, " +
+                                 "...} at the top level, found " + type_name(json_));
+}
+
+void JsonConfig::fail(const std::string& key, const std::string& what) const {
+    throw std::runtime_error("config '" + path_ + "': '" + key + "' " + what);
+}
+
+void JsonConfig::check_range(const std::string& key, double value, double lo, double hi,
+                             const std::string& why) const {
+    if (value >= lo && value <= hi) return;
+    fail(key, "must be in [" + format_number(lo) + ", " + format_number(hi) + "]" +
+                  (why.empty() ? "" : " (" + why + ")") + ", got " + format_number(value));
+}
+
 JsonConfig read_json(const std::string& path) {
-    const std::string text = read_text_file(path);
+    const std::string text = read_text_file(path, kMaxConfigFileBytes);
+    nlohmann::json json;
     try {
-        return JsonConfig(nlohmann::json::parse(text), path);
-    } catch (const nlohmann::json::parse_error& e) {
+        json = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
         throw std::runtime_error("cannot parse JSON file '" + path + "': " + e.what());
     }
+    return JsonConfig(std::move(json), path);
 }
 
 std::vector<int64_t> JsonConfig::get_int_or_list(const std::string& key, size_t n,

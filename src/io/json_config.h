@@ -21,8 +21,9 @@ struct is_vector<std::vector<T>> : std::true_type {};
 class JsonConfig {
   public:
     JsonConfig() = default;
-    JsonConfig(nlohmann::json json, std::string path)
-        : json_(std::move(json)), path_(std::move(path)) {}
+    // `json` must be an object: a config that is an array, a string or a number would otherwise
+    // read as "every key absent" and silently take the defaults.
+    JsonConfig(nlohmann::json json, std::string path);
 
     const nlohmann::json& json() const { return json_; }
     const std::string& path() const { return path_; }
@@ -43,6 +44,13 @@ class JsonConfig {
     T get(const std::string& key, const T& fallback) const {
         return has(key) ? convert<T>(key, json_.at(key)) : fallback;
     }
+
+    // Throws "config 'path': 'key' must be in [lo, hi] (why), got value" unless lo <= value <=
+    // hi (NaN and infinities fail). Configs are checked with this before anything is allocated.
+    void check_range(const std::string& key, double value, double lo, double hi,
+                     const std::string& why = "") const;
+    // Throws "config 'path': 'key' ..." with `what` appended.
+    [[noreturn]] void fail(const std::string& key, const std::string& what) const;
 
     // An int or a list of ints (diffusers' `attention_head_dim: 8` or `[5, 10, 20, 20]`),
     // broadcast to `n` entries; a list of another length is an error.
@@ -81,7 +89,15 @@ class JsonConfig {
     std::string path_;
 };
 
-// Reads and parses a JSON file; a parse error names the file, line and column.
+// Reads and parses a JSON file holding an object (at most io::kMaxConfigFileBytes); a parse
+// error names the file, line and column.
 JsonConfig read_json(const std::string& path);
+
+// json.dump() that never throws: strings that are not UTF-8 (flag values, CSV cells, file
+// names) are written with U+FFFD in place of the bad bytes instead of raising type_error 316.
+template <typename Json>
+std::string dump_json(const Json& json, int indent = -1) {
+    return json.dump(indent, ' ', false, Json::error_handler_t::replace);
+}
 
 }  // namespace t2i::io
