@@ -4,6 +4,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "models/config_limits.h"
 #include "util/log.h"
 
 namespace t2i::models {
@@ -78,6 +79,23 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& json) {
         throw std::runtime_error(strformat(
             "%s: hidden_size (%lld) must be divisible by num_attention_heads (%lld)", where.c_str(),
             static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_attention_heads)));
+    // Upper bounds (config_limits.h), before anything is allocated.
+    json.check_range("vocab_size", static_cast<double>(c.vocab_size), 1, kMaxVocabulary);
+    json.check_range("hidden_size", static_cast<double>(c.hidden_size), 1, kMaxChannels);
+    json.check_range("intermediate_size", static_cast<double>(c.intermediate_size), 1,
+                     4 * kMaxChannels);
+    json.check_range("num_hidden_layers", static_cast<double>(c.num_hidden_layers), 1, kMaxLayers);
+    json.check_range("num_attention_heads", static_cast<double>(c.num_attention_heads), 1,
+                     kMaxHeads);
+    json.check_range("max_position_embeddings", static_cast<double>(c.max_position_embeddings), 1,
+                     kMaxTokenLength);
+    json.check_range("projection_dim", static_cast<double>(c.projection_dim), 1, kMaxChannels);
+    json.check_range("layer_norm_eps", c.layer_norm_eps, 1e-30, 1, "a positive epsilon");
+    const double d = static_cast<double>(c.hidden_size);
+    check_parameter_budget(json,
+                           d * static_cast<double>(c.vocab_size + c.max_position_embeddings) +
+                               static_cast<double>(c.num_hidden_layers) *
+                                   (4 * d * d + 2 * d * static_cast<double>(c.intermediate_size)));
     return c;
 }
 

@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include "models/config_limits.h"
+
 namespace t2i::models {
 
 namespace {
@@ -27,6 +29,67 @@ void reject_if_set(const io::JsonConfig& c, const std::string& key) {
                                  "' = " + c.json().at(key).dump() +
                                  " is not supported by t2i (it is not used by SD 1.x / 2.x); "
                                  "set it to null or use a Stable Diffusion 1.x / 2.x UNet");
+}
+
+// The architecture's real constraints (config_limits.h), checked before anything is allocated.
+void check_limits(const io::JsonConfig& c, const UNet2DConditionConfig& cfg,
+                  const std::string& heads_key) {
+    const auto& ch  = cfg.block_out_channels;
+    const double nb = static_cast<double>(ch.size());
+    c.check_range("block_out_channels", nb, 1, kMaxBlocks, "the number of blocks");
+    check_each(c, "block_out_channels", ch, 1, kMaxChannels);
+    c.check_range("in_channels", static_cast<double>(cfg.in_channels), 1, kMaxChannels);
+    c.check_range("out_channels", static_cast<double>(cfg.out_channels), 1, kMaxChannels);
+    c.check_range("sample_size", static_cast<double>(cfg.sample_size), 1, kMaxSampleSize);
+    c.check_range("norm_num_groups", static_cast<double>(cfg.norm_num_groups), 1, kMaxChannels,
+                  "GroupNorm groups");
+    for (size_t i = 0; i < ch.size(); ++i)
+        if (ch[i] % cfg.norm_num_groups != 0)
+            c.fail("block_out_channels[" + std::to_string(i) + "]",
+                   "= " + std::to_string(ch[i]) +
+                       " is not divisible by norm_num_groups = " +
+                       std::to_string(cfg.norm_num_groups) +
+                       " (GroupNorm splits the channels into that many groups)");
+    c.check_range("norm_eps", cfg.norm_eps, 1e-30, 1, "a positive epsilon");
+    check_each(c, "layers_per_block", cfg.layers_per_block, 1, kMaxLayers);
+    check_each(c, "transformer_layers_per_block", cfg.transformer_layers_per_block, 1, kMaxLayers);
+    check_each(c, "cross_attention_dim", cfg.cross_attention_dim, 1, kMaxChannels);
+    check_each(c, heads_key, cfg.num_attention_heads, 1, kMaxHeads, "attention heads per block");
+    // Cross-attention blocks (and the mid block, with the last block's heads) split their
+    // channels into heads: diffusers' head dim is channels // heads.
+    for (size_t i = 0; i < ch.size(); ++i) {
+        const bool attends = cfg.down_block_types[i] == "CrossAttnDownBlock2D" ||
+                             cfg.up_block_types[ch.size() - 1 - i] == "CrossAttnUpBlock2D" ||
+                             (i + 1 == ch.size() && !cfg.mid_block_type.empty());
+        if (attends && ch[i] % cfg.num_attention_heads[i] != 0)
+            c.fail(heads_key, "gives " + std::to_string(cfg.num_attention_heads[i]) +
+                                  " heads for block " + std::to_string(i) + ", which does not " +
+                                  "divide its " + std::to_string(ch[i]) + " channels");
+    }
+    for (const auto& [key, k] :
+         {std::pair<const char*, int64_t>{"conv_in_kernel", cfg.conv_in_kernel},
+          {"conv_out_kernel", cfg.conv_out_kernel}}) {
+        c.check_range(key, static_cast<double>(k), 1, kMaxKernel);
+        if (k % 2 == 0)
+            c.fail(key, "must be odd (the padding keeps the size), got " + std::to_string(k));
+    }
+    c.check_range("downsample_padding", static_cast<double>(cfg.downsample_padding), 0, 1);
+    c.check_range("freq_shift", static_cast<double>(cfg.freq_shift), -1e6, 1e6);
+    c.check_range("dropout", cfg.dropout, 0, 0.999);
+    c.check_range("mid_block_scale_factor", cfg.mid_block_scale_factor, 1e-6, 1e6);
+    c.check_range("resnet_out_scale_factor", cfg.resnet_out_scale_factor, 1e-6, 1e6);
+    // Parameters, from the shapes: resnets (two 3x3 convs + time projection) and transformers
+    // (q, k, v, out of self and cross attention, the GEGLU feed-forward, the projections).
+    double params     = 0;
+    const double temb = 4.0 * static_cast<double>(ch[0]);
+    for (size_t i = 0; i < ch.size(); ++i) {
+        const double c_i     = static_cast<double>(ch[i]);
+        const double resnets = 2.0 * static_cast<double>(cfg.layers_per_block[i]) + 1;
+        params += resnets * (18 * c_i * c_i + temb * c_i);
+        params += 2.0 * static_cast<double>(cfg.transformer_layers_per_block[i]) *
+                  (16 * c_i * c_i + 2 * c_i * static_cast<double>(cfg.cross_attention_dim[i]));
+    }
+    check_parameter_budget(c, params);
 }
 
 }  // namespace
@@ -99,6 +162,7 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& c) 
         throw std::runtime_error("config '" + c.path() + "': mid_block_type '" +
                                  cfg.mid_block_type +
                                  "' is not supported (expected UNetMidBlock2DCrossAttn or null)");
+    check_limits(c, cfg, heads_key);
     return cfg;
 }
 

@@ -1,7 +1,10 @@
 // Implements: models/vae.h.
 #include "models/vae.h"
 
+#include <cmath>
 #include <stdexcept>
+
+#include "models/config_limits.h"
 
 namespace t2i::models {
 
@@ -27,6 +30,38 @@ MidBlock vae_mid_block(const AutoencoderKLConfig& c, Activation act) {
 
 torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
     return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
+}
+
+// The architecture's real constraints (config_limits.h), checked before anything is allocated.
+void check_limits(const io::JsonConfig& c, const AutoencoderKLConfig& cfg) {
+    const auto& ch = cfg.block_out_channels;
+    c.check_range("block_out_channels", static_cast<double>(ch.size()), 1, kMaxBlocks,
+                  "the number of blocks");
+    check_each(c, "block_out_channels", ch, 1, kMaxChannels);
+    c.check_range("in_channels", static_cast<double>(cfg.in_channels), 1, kMaxChannels);
+    c.check_range("out_channels", static_cast<double>(cfg.out_channels), 1, kMaxChannels);
+    c.check_range("latent_channels", static_cast<double>(cfg.latent_channels), 1, kMaxChannels);
+    c.check_range("layers_per_block", static_cast<double>(cfg.layers_per_block), 1, kMaxLayers);
+    c.check_range("sample_size", static_cast<double>(cfg.sample_size), 1, kMaxSampleSize);
+    c.check_range("norm_num_groups", static_cast<double>(cfg.norm_num_groups), 1, kMaxChannels,
+                  "GroupNorm groups");
+    for (size_t i = 0; i < ch.size(); ++i)
+        if (ch[i] % cfg.norm_num_groups != 0)
+            c.fail("block_out_channels[" + std::to_string(i) + "]",
+                   "= " + std::to_string(ch[i]) +
+                       " is not divisible by norm_num_groups = " +
+                       std::to_string(cfg.norm_num_groups) +
+                       " (GroupNorm splits the channels into that many groups)");
+    // Latents are multiplied by it (and divided by it before decoding).
+    c.check_range("scaling_factor", std::abs(cfg.scaling_factor), 1e-6, 1e6,
+                  "a non-zero latent scale");
+    if (cfg.shift_factor) c.check_range("shift_factor", *cfg.shift_factor, -1e6, 1e6);
+    // Encoder and decoder resnets (two 3x3 convolutions each), the decoder has one more per block.
+    double params = 0;
+    for (const auto c_i : ch)
+        params += (4.0 * static_cast<double>(cfg.layers_per_block) + 2) * 18.0 *
+                  static_cast<double>(c_i) * static_cast<double>(c_i);
+    check_parameter_budget(c, params);
 }
 
 }  // namespace
@@ -66,6 +101,7 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& c) {
         if (t != "UpDecoderBlock2D")
             throw std::runtime_error("config '" + c.path() + "': up block type '" + t +
                                      "' is not supported (expected UpDecoderBlock2D)");
+    check_limits(c, cfg);
     return cfg;
 }
 

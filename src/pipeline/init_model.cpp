@@ -177,10 +177,12 @@ const std::vector<std::string>& init_model_presets() {
 void init_model(const std::string& output_dir, const std::string& preset,
                 const std::string& tokenizer_dir, uint64_t seed) {
     const Preset p = preset_of(preset);
-    if (fs::exists(output_dir + "/model_index.json"))
-        throw std::runtime_error("'" + output_dir +
-                                 "' already holds a model (model_index.json); "
-                                 "choose an empty folder");
+    for (const char* name :
+         {"model_index.json", "scheduler", "tokenizer", "text_encoder", "vae", "unet"})
+        if (fs::exists(fs::symlink_status(output_dir + "/" + name)))
+            throw std::runtime_error("'" + output_dir + "' already holds '" + name +
+                                     "'; init-model writes a new model and never replaces "
+                                     "files: choose an empty folder");
     torch::manual_seed(seed);
     fs::create_directories(output_dir);
     const std::string tmp = output_dir + "/.init.tmp-" + std::to_string(::getpid());

@@ -44,9 +44,58 @@ ModelIndex read_model_index(const std::string& model_dir) {
         if (key.empty() || key[0] == '_') continue;
         if (!value.is_array() || value.size() != 2) continue;  // e.g. requires_safety_checker
         if (value[0].is_null() || value[1].is_null()) continue;
+        if (!value[0].is_string() || !value[1].is_string())
+            throw std::runtime_error("'" + model_dir + "/model_index.json': entry '" + key +
+                                     "' is " + io::dump_json(value) +
+                                     "; expected [library, class], e.g. [\"diffusers\", "
+                                     "\"AutoencoderKL\"], or null");
         index.components[key] = {value[0].get<std::string>(), value[1].get<std::string>()};
     }
     return index;
+}
+
+ModelIndex read_pipeline_index(const std::string& model_dir) {
+    ModelIndex index = read_model_index(model_dir);
+    for (const char* name : {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}) {
+        if (!index.components.count(name))
+            throw std::runtime_error("'" + model_dir + "/model_index.json' has no '" + name +
+                                     "' component; a Stable Diffusion folder needs unet, vae, "
+                                     "text_encoder, tokenizer and scheduler entries");
+        if (!io::dir_exists(model_dir + "/" + name))
+            throw std::runtime_error("'" + model_dir + "/model_index.json' lists '" + name +
+                                     "' but the folder '" + model_dir + "/" + name +
+                                     "' does not exist (an incomplete download?)");
+    }
+    return index;
+}
+
+void check_components_fit(const models::UNet2DConditionConfig& unet,
+                          const models::AutoencoderKLConfig& vae,
+                          const models::CLIPTextConfig& text_encoder,
+                          const tokenizer::CLIPTokenizer& tokenizer, const std::string& where) {
+    auto mismatch = [&](const std::string& what) {
+        throw std::runtime_error("model '" + where + "': its components do not fit together: " +
+                                 what + " (components from different models?)");
+    };
+    const int64_t z = vae.latent_channels;
+    if (unet.in_channels != z || unet.out_channels != z)
+        mismatch("unet in_channels / out_channels are " + std::to_string(unet.in_channels) + " / " +
+                 std::to_string(unet.out_channels) + " but vae latent_channels is " +
+                 std::to_string(z) +
+                 " (inpainting and other UNets with extra inputs cannot be "
+                 "trained or sampled as text-to-image)");
+    for (const auto dim : unet.cross_attention_dim)
+        if (dim != text_encoder.hidden_size)
+            mismatch("unet cross_attention_dim is " + std::to_string(dim) +
+                     " but text_encoder hidden_size is " +
+                     std::to_string(text_encoder.hidden_size));
+    if (tokenizer.max_token_id() >= text_encoder.vocab_size)
+        mismatch("the tokenizer has token id " + std::to_string(tokenizer.max_token_id()) +
+                 " but text_encoder vocab_size is " + std::to_string(text_encoder.vocab_size));
+    if (tokenizer.model_max_length() > text_encoder.max_position_embeddings)
+        mismatch("tokenizer model_max_length is " + std::to_string(tokenizer.model_max_length()) +
+                 " but text_encoder max_position_embeddings is " +
+                 std::to_string(text_encoder.max_position_embeddings));
 }
 
 namespace {

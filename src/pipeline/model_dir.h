@@ -15,6 +15,7 @@
 #include "models/clip_text.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "tokenizer/clip_tokenizer.h"
 
 namespace t2i::pipeline {
 
@@ -31,7 +32,22 @@ struct ModelIndex {
     io::JsonConfig raw;
 };
 
+// Throws naming the file and the entry when model_index.json is not an object or an entry is
+// not null or a [library, class] pair of strings.
 ModelIndex read_model_index(const std::string& model_dir);
+
+// read_model_index plus what a Stable Diffusion pipeline needs: unet, vae, text_encoder,
+// tokenizer and scheduler entries, each with its subfolder. Throws naming the missing one.
+ModelIndex read_pipeline_index(const std::string& model_dir);
+
+// Throws unless the components of one pipeline fit together, before any forward pass: the
+// UNet's in/out channels equal the VAE's latent_channels, each cross_attention_dim equals the
+// text encoder's hidden_size, every token id is a row of the text encoder's embedding and
+// model_max_length fits its position embedding. `where` names the model in messages.
+void check_components_fit(const models::UNet2DConditionConfig& unet,
+                          const models::AutoencoderKLConfig& vae,
+                          const models::CLIPTextConfig& text_encoder,
+                          const tokenizer::CLIPTokenizer& tokenizer, const std::string& where);
 
 // The safetensors files holding a component's weights: `<base>[.<variant>].safetensors`, or the
 // shards listed by `<base>.safetensors.index[.<variant>].json`. `base` is

@@ -13,7 +13,7 @@ DDIMConfig DDIMConfig::from_json(const io::JsonConfig& json) {
     c.read_beta_keys(json);
     c.clip_sample                = json.get<bool>("clip_sample", c.clip_sample);
     c.set_alpha_to_one           = json.get<bool>("set_alpha_to_one", c.set_alpha_to_one);
-    c.steps_offset               = json.get<int64_t>("steps_offset", c.steps_offset);
+    c.steps_offset               = read_steps_offset(json, c.steps_offset, c.num_train_timesteps);
     c.prediction_type            = json.get<std::string>("prediction_type", c.prediction_type);
     c.thresholding               = json.get<bool>("thresholding", c.thresholding);
     c.dynamic_thresholding_ratio = json.get<double>("dynamic_thresholding_ratio", 0.995);

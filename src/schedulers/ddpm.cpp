@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "schedulers/scheduler.h"
 #include "util/log.h"
 
 namespace t2i::schedulers {
@@ -45,21 +46,19 @@ SchedulerConfig SchedulerConfig::from_json(const io::JsonConfig& json) {
     c.beta_end            = json.get<double>("beta_end", c.beta_end);
     c.beta_schedule       = json.get<std::string>("beta_schedule", c.beta_schedule);
     c.trained_betas       = json.get<std::vector<double>>("trained_betas", c.trained_betas);
-    c.variance_type       = json.get<std::string>("variance_type", c.variance_type);
-    c.clip_sample         = json.get<bool>("clip_sample", c.clip_sample);
-    c.prediction_type     = json.get<std::string>("prediction_type", c.prediction_type);
-    c.thresholding        = json.get<bool>("thresholding", c.thresholding);
+    check_beta_keys(json, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas);
+    c.variance_type   = json.get<std::string>("variance_type", c.variance_type);
+    c.clip_sample     = json.get<bool>("clip_sample", c.clip_sample);
+    c.prediction_type = json.get<std::string>("prediction_type", c.prediction_type);
+    c.thresholding    = json.get<bool>("thresholding", c.thresholding);
     c.dynamic_thresholding_ratio =
         json.get<double>("dynamic_thresholding_ratio", c.dynamic_thresholding_ratio);
     c.clip_sample_range      = json.get<double>("clip_sample_range", c.clip_sample_range);
     c.sample_max_value       = json.get<double>("sample_max_value", c.sample_max_value);
     c.timestep_spacing       = json.get<std::string>("timestep_spacing", c.timestep_spacing);
-    c.steps_offset           = json.get<int64_t>("steps_offset", c.steps_offset);
+    c.steps_offset           = read_steps_offset(json, c.steps_offset, c.num_train_timesteps);
     c.rescale_betas_zero_snr = json.get<bool>("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
     check_prediction_type(c.prediction_type, "config '" + json.path() + "'");
-    if (c.num_train_timesteps <= 0)
-        throw std::runtime_error("config '" + json.path() +
-                                 "': num_train_timesteps must be positive");
     return c;
 }
 

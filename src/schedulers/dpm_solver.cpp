@@ -36,7 +36,7 @@ DPMSolverConfig DPMSolverConfig::from_json(const io::JsonConfig& j) {
     c.lambda_min_clipped         = j.get<double>("lambda_min_clipped", c.lambda_min_clipped);
     c.variance_type              = j.get<std::string>("variance_type", c.variance_type);
     c.timestep_spacing           = j.get<std::string>("timestep_spacing", c.timestep_spacing);
-    c.steps_offset               = j.get<int64_t>("steps_offset", c.steps_offset);
+    c.steps_offset               = read_steps_offset(j, c.steps_offset, c.num_train_timesteps);
     c.rescale_betas_zero_snr     = j.get<bool>("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
     return c;
 }

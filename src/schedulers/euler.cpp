@@ -15,7 +15,7 @@ void read_common(Config& c, const io::JsonConfig& json) {
     c.read_beta_keys(json);
     c.prediction_type        = json.get<std::string>("prediction_type", c.prediction_type);
     c.timestep_spacing       = json.get<std::string>("timestep_spacing", c.timestep_spacing);
-    c.steps_offset           = json.get<int64_t>("steps_offset", c.steps_offset);
+    c.steps_offset           = read_steps_offset(json, c.steps_offset, c.num_train_timesteps);
     c.rescale_betas_zero_snr = json.get<bool>("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
 }
 

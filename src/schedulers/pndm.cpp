@@ -13,7 +13,7 @@ PNDMConfig PNDMConfig::from_json(const io::JsonConfig& json) {
     c.set_alpha_to_one = json.get<bool>("set_alpha_to_one", c.set_alpha_to_one);
     c.prediction_type  = json.get<std::string>("prediction_type", c.prediction_type);
     c.timestep_spacing = json.get<std::string>("timestep_spacing", c.timestep_spacing);
-    c.steps_offset     = json.get<int64_t>("steps_offset", c.steps_offset);
+    c.steps_offset     = read_steps_offset(json, c.steps_offset, c.num_train_timesteps);
     return c;
 }
 

@@ -39,9 +39,29 @@ void BetaScheduleConfig::read_beta_keys(const io::JsonConfig& json) {
     beta_end            = json.get<double>("beta_end", beta_end);
     beta_schedule       = json.get<std::string>("beta_schedule", beta_schedule);
     trained_betas       = json.get<std::vector<double>>("trained_betas", trained_betas);
-    if (num_train_timesteps <= 0)
-        throw std::runtime_error("config '" + json.path() +
-                                 "': num_train_timesteps must be positive");
+    check_beta_keys(json, num_train_timesteps, beta_start, beta_end, trained_betas);
+}
+
+int64_t read_steps_offset(const io::JsonConfig& json, int64_t fallback,
+                          int64_t num_train_timesteps) {
+    const auto offset = json.get<int64_t>("steps_offset", fallback);
+    json.check_range("steps_offset", static_cast<double>(offset), 0,
+                     static_cast<double>(num_train_timesteps - 1), "an index into the schedule");
+    return offset;
+}
+
+void check_beta_keys(const io::JsonConfig& json, int64_t num_train_timesteps, double beta_start,
+                     double beta_end, const std::vector<double>& trained_betas) {
+    json.check_range("num_train_timesteps", static_cast<double>(num_train_timesteps), 1, 100000);
+    json.check_range("beta_start", beta_start, 0, 0.999999, "alphas = 1 - betas must stay > 0");
+    json.check_range("beta_end", beta_end, 0, 0.999999, "alphas = 1 - betas must stay > 0");
+    for (size_t i = 0; i < trained_betas.size(); ++i)
+        json.check_range("trained_betas[" + std::to_string(i) + "]", trained_betas[i], 0, 0.999999,
+                         "alphas = 1 - betas must stay > 0");
+    if (!trained_betas.empty() && static_cast<int64_t>(trained_betas.size()) != num_train_timesteps)
+        json.fail("trained_betas", "has " + std::to_string(trained_betas.size()) +
+                                       " values but num_train_timesteps is " +
+                                       std::to_string(num_train_timesteps));
 }
 
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name_or_empty,

@@ -67,6 +67,16 @@ struct BetaScheduleConfig {
     void read_beta_keys(const io::JsonConfig& json);
 };
 
+// The beta keys' constraints, checked by every scheduler's from_json: 1 <= num_train_timesteps
+// <= 100,000 and every beta (start, end, trained) in [0, 1), where alphas = 1 - betas stay
+// positive; a trained_betas list of another length than num_train_timesteps.
+void check_beta_keys(const io::JsonConfig& json, int64_t num_train_timesteps, double beta_start,
+                     double beta_end, const std::vector<double>& trained_betas);
+// `steps_offset` (default `fallback`), which must lie in [0, num_train_timesteps): the shifted
+// timesteps index the schedule.
+int64_t read_steps_offset(const io::JsonConfig& json, int64_t fallback,
+                          int64_t num_train_timesteps);
+
 // ---- helpers shared by the samplers ----
 
 // diffusers' randn_tensor: torch.randn on the generator's device (CPU for a CPU generator, so

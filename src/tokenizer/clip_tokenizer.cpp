@@ -109,9 +109,10 @@ std::unordered_map<std::string, int64_t> read_vocab(const std::string& path) {
                                  "' must be a non-empty JSON object {\"token\": id}");
     std::unordered_map<std::string, int64_t> encoder;
     for (const auto& [token, id] : vocab.items()) {
-        if (!id.is_number_integer())
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (1 << 30))
             throw std::runtime_error("CLIPTokenizer: '" + path + "': token '" + token +
-                                     "' has id " + id.dump() + ", expected an integer");
+                                     "' has id " + id.dump() +
+                                     ", expected an integer in [0, 2^30)");
         encoder[token] = id.get<int64_t>();
     }
     return encoder;
@@ -120,7 +121,7 @@ std::unordered_map<std::string, int64_t> read_vocab(const std::string& path) {
 // merges.txt as transformers reads it: read().strip().split("\n")[1:48895] (the first line,
 // "#version: 0.2", is always skipped), each line "first second" ranked by its position.
 std::unordered_map<std::string, int32_t> read_merges(const std::string& path) {
-    const std::string text = io::read_text_file(path);
+    const std::string text = io::read_text_file(path, io::kMaxConfigFileBytes);
     const size_t first     = text.find_first_not_of(" \t\r\n");
     const size_t last      = text.find_last_not_of(" \t\r\n");
     const std::string body = first == std::string::npos ? "" : text.substr(first, last - first + 1);
@@ -199,24 +200,36 @@ CLIPTokenizer CLIPTokenizer::from_pretrained(const std::string& dir) {
         tok.added_tokens_.push_back(std::move(t));
     };
     if (config.contains("added_tokens_decoder") && config.at("added_tokens_decoder").is_object()) {
-        for (const auto& [id, spec] : config.at("added_tokens_decoder").items()) {
-            if (!spec.is_object() || !spec.contains("content"))
+        for (const auto& item : config.at("added_tokens_decoder").items()) {
+            const std::string& id      = item.key();
+            const nlohmann::json& spec = item.value();
+            if (!spec.is_object() || !spec.contains("content") || !spec.at("content").is_string())
                 throw std::runtime_error("CLIPTokenizer: '" + dir +
                                          "/tokenizer_config.json': added_tokens_decoder[" + id +
                                          "] needs a \"content\" string, found " + spec.dump());
             AddedToken t;
-            t.content     = spec.at("content").get<std::string>();
-            t.id          = parse_id(id, dir + "/tokenizer_config.json");
-            t.lstrip      = spec.value("lstrip", false);
-            t.rstrip      = spec.value("rstrip", false);
-            t.single_word = spec.value("single_word", false);
+            t.content = spec.at("content").get<std::string>();
+            t.id      = parse_id(id, dir + "/tokenizer_config.json");
+            auto flag = [&](const char* key) {
+                if (!spec.contains(key) || spec.at(key).is_null()) return false;
+                if (!spec.at(key).is_boolean())
+                    throw std::runtime_error("CLIPTokenizer: '" + dir +
+                                             "/tokenizer_config.json': added_tokens_decoder[" + id +
+                                             "]." + key + " must be true or false, found " +
+                                             io::dump_json(spec.at(key)));
+                return spec.at(key).get<bool>();
+            };
+            t.lstrip      = flag("lstrip");
+            t.rstrip      = flag("rstrip");
+            t.single_word = flag("single_word");
             add_token(std::move(t));
         }
     }
     for (const auto& [content, id] : added.items()) {
-        if (!id.is_number_integer())
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (1 << 30))
             throw std::runtime_error("CLIPTokenizer: '" + dir + "/added_tokens.json': token '" +
-                                     content + "' has id " + id.dump() + ", expected an integer");
+                                     content + "' has id " + id.dump() +
+                                     ", expected an integer in [0, 2^30)");
         add_token({content, id.get<int64_t>()});
     }
 
@@ -237,8 +250,11 @@ CLIPTokenizer CLIPTokenizer::from_pretrained(const std::string& dir) {
     tok.unk_id_ = special("unk_token", "<|endoftext|>");
     tok.pad_id_ = special("pad_token", "<|endoftext|>");
 
+    for (const auto& [t, id] : tok.encoder_) tok.max_id_ = std::max(tok.max_id_, id);
+    for (const auto& t : tok.added_tokens_) tok.max_id_ = std::max(tok.max_id_, t.id);
     if (config.contains("model_max_length") && !config.at("model_max_length").is_null()) {
-        const double n = config.at("model_max_length").get<double>();
+        const auto& value = config.at("model_max_length");
+        const double n    = value.is_number() ? value.get<double>() : -1;
         if (n < 2 || n > 1e6)
             throw std::runtime_error("CLIPTokenizer: '" + dir +
                                      "/tokenizer_config.json': model_max_length " +

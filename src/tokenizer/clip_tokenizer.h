@@ -47,6 +47,7 @@ class CLIPTokenizer {
 
     int64_t model_max_length() const { return model_max_length_; }
     int64_t vocab_size() const { return static_cast<int64_t>(encoder_.size()); }  // vocab.json
+    int64_t max_token_id() const { return max_id_; }  // the largest id any text can produce
     int64_t bos_token_id() const { return bos_id_; }
     int64_t eos_token_id() const { return eos_id_; }
     int64_t pad_token_id() const { return pad_id_; }
@@ -79,6 +80,7 @@ class CLIPTokenizer {
     std::unordered_map<std::string, int64_t> added_encoder_;
     std::array<std::string, 256> byte_encoder_;  // byte -> UTF-8 of its symbol
     int64_t model_max_length_ = 77;
+    int64_t max_id_           = 0;
     int64_t bos_id_ = 0, eos_id_ = 0, pad_id_ = 0, unk_id_ = 0;
     std::shared_ptr<BpeCache> cache_;  // shared by copies; guarded by its own mutex
 };
