@@ -1,6 +1,7 @@
 // Implements: cli/args.h.
 #include "cli/args.h"
 
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -61,6 +62,10 @@ double parse_double(const std::string& name, const std::string& v) {
     }
     if (v.empty() || pos != v.size())
         throw UsageError("--" + name + ": expected a number, got '" + v + "'");
+    // No flag means anything by inf or nan, and they would pass every range check (`nan > 0` is
+    // false, but so is `nan <= 0`) into the math.
+    if (!std::isfinite(x))
+        throw UsageError("--" + name + ": expected a finite number, got '" + v + "'");
     return x;
 }
 

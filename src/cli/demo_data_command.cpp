@@ -45,7 +45,17 @@ int demo_data_command(const std::vector<std::string>& args) {
     parser.add(seed, "seed", "Seed for positions and sizes.");
     if (!parser.parse(args)) return 0;
     if (output.empty()) throw UsageError("--output is required");
-    if (count < 1 || size < 8) throw UsageError("--count must be >= 1 and --size >= 8");
+    if (count < 1 || count > 1000000)
+        throw UsageError("--count must be in [1, 1000000], got " + std::to_string(count));
+    if (size < 8 || size > 4096)
+        throw UsageError("--size must be in [8, 4096], got " + std::to_string(size));
+    // A new folder (or an empty one): never replace the files of an existing dataset.
+    std::error_code ec;
+    if (std::filesystem::exists(output, ec) &&
+        (!std::filesystem::is_directory(output, ec) || !std::filesystem::is_empty(output, ec)))
+        throw UsageError("--output '" + output +
+                         "' already exists and is not an empty folder; demo-data writes a new "
+                         "dataset and never replaces files: choose a new folder");
     std::filesystem::create_directories(output);
     std::mt19937_64 rng(static_cast<uint64_t>(seed));
     std::uniform_real_distribution<> jitter(-0.2, 0.2), scale(0.8, 1.2);

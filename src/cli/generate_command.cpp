@@ -1,5 +1,6 @@
 // Implements: `t2i generate` (CLI.md): flags -> a StableDiffusionPipeline over a diffusers folder,
 // a t2i training output or a checkpoint-N folder -> PNG files (and optionally the latents).
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -41,12 +42,16 @@ std::vector<std::string> read_prompt_file(const std::string& path) {
 // The folder whose unet/ (or a checkpoint's unet_ema/, else unet/) is used, and the folder with
 // the other components.
 std::pair<std::string, std::string> resolve_folders(const GenerateFlags& f) {
-    if (io::file_exists(f.model + "/model_index.json")) return {f.model + "/unet", f.model};
+    if (io::file_exists(f.model + "/model_index.json")) {
+        pipeline::read_pipeline_index(f.model);  // names a missing component
+        return {f.model + "/unet", f.model};
+    }
     if (io::dir_exists(f.model + "/unet")) {  // a checkpoint-N folder: UNet only
         if (f.base_model.empty())
             throw UsageError("--model '" + f.model +
                              "' holds only a UNet (a checkpoint); give "
                              "--base_model DIR for the VAE, text encoder, tokenizer and scheduler");
+        pipeline::read_pipeline_index(f.base_model);
         const bool ema = io::dir_exists(f.model + "/unet_ema");
         log_info("using %s/%s", f.model.c_str(), ema ? "unet_ema (the EMA weights)" : "unet");
         return {f.model + (ema ? "/unet_ema" : "/unet"), f.base_model};
@@ -87,8 +92,22 @@ int generate_command(const std::vector<std::string>& args) {
     if (!f.prompt_file.empty())
         for (auto& s : read_prompt_file(f.prompt_file)) f.prompt.push_back(s);
     if (f.prompt.empty()) throw UsageError("give --prompt or --prompt_file");
-    if (f.num_inference_steps < 1) throw UsageError("--num_inference_steps must be >= 1");
-    if (f.num_images_per_prompt < 1) throw UsageError("--num_images_per_prompt must be >= 1");
+    if (f.num_inference_steps < 1 || f.num_inference_steps > 10000)
+        throw UsageError("--num_inference_steps must be in [1, 10000], got " +
+                         std::to_string(f.num_inference_steps));
+    if (f.num_images_per_prompt < 1 || f.num_images_per_prompt > 10000)
+        throw UsageError("--num_images_per_prompt must be in [1, 10000], got " +
+                         std::to_string(f.num_images_per_prompt));
+    for (const auto& [flag, v] :
+         {std::pair<const char*, int64_t>{"height", f.height}, {"width", f.width}})
+        if (v < 0 || v > 16384)
+            throw UsageError(std::string("--") + flag +
+                             " must be in [8, 16384] pixels (0 or "
+                             "absent: the model's default size), got " +
+                             std::to_string(v));
+    if (std::abs(f.guidance_scale) > 1e4)
+        throw UsageError("--guidance_scale must be in [-10000, 10000], got " +
+                         std::to_string(f.guidance_scale));
     pipeline::GenerateOptions o;
     if (!f.seed.empty()) {
         size_t pos = 0;
@@ -104,11 +123,14 @@ int generate_command(const std::vector<std::string>& args) {
 
     const auto [unet_dir, base] = resolve_folders(f);
     pipeline::LoadOptions lo;
-    lo.variant = f.variant;
-    auto pipe  = pipeline::StableDiffusionPipeline(
-         pipeline::load_unet(unet_dir, lo), pipeline::load_vae(base + "/vae", lo),
-         pipeline::load_text_encoder(base + "/text_encoder", lo),
-         tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer"));
+    lo.variant        = f.variant;
+    auto unet         = pipeline::load_unet(unet_dir, lo);
+    auto vae          = pipeline::load_vae(base + "/vae", lo);
+    auto text_encoder = pipeline::load_text_encoder(base + "/text_encoder", lo);
+    auto tokenizer    = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
+    pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
+                                   f.model);
+    auto pipe      = pipeline::StableDiffusionPipeline(unet, vae, text_encoder, tokenizer);
     auto scheduler = schedulers::make_scheduler(
         f.scheduler, io::read_json(base + "/scheduler/scheduler_config.json"));
     o.prompts               = f.prompt;

@@ -71,15 +71,20 @@ int launch_command(const std::vector<std::string>& args) {
                  "Seconds the other workers get to stop after SIGTERM before SIGKILL.");
     p.add_positionals(&command, "COMMAND", "The program and its arguments, after --.", 1);
     if (!p.parse(args)) return 0;
-    if (nproc < 1) throw UsageError("--nproc_per_node must be >= 1, got " + std::to_string(nproc));
-    if (nnodes < 1) throw UsageError("--nnodes must be >= 1, got " + std::to_string(nnodes));
+    // Bounded so that ranks (node_rank x nproc + local) and the world size fit in an int.
+    if (nproc < 1 || nproc > 1024)
+        throw UsageError("--nproc_per_node must be in [1, 1024], got " + std::to_string(nproc));
+    if (nnodes < 1 || nnodes > (1 << 20))
+        throw UsageError("--nnodes must be in [1, 1048576], got " + std::to_string(nnodes));
     if (node_rank < 0 || node_rank >= nnodes)
         throw UsageError("--node_rank must be in [0, --nnodes = " + std::to_string(nnodes) +
                          "), got " + std::to_string(node_rank));
     if (master_port < 1 || master_port > 65535)
         throw UsageError("--master_port must be a TCP port (1-65535), got " +
                          std::to_string(master_port));
-    if (stop_timeout < 0) throw UsageError("--stop_timeout must be >= 0");
+    if (stop_timeout < 0 || stop_timeout > 86400)
+        throw UsageError("--stop_timeout must be in [0, 86400] seconds, got " +
+                         std::to_string(stop_timeout));
 
     // `-- train ARGS` runs this binary's train command (by its real path, so that `ps` shows
     // it).

@@ -2,6 +2,8 @@
 // (JSON, JSON lines, CSV), the script's column checks, and the per-sample preprocessing.
 #include "data/caption_dataset.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,8 @@
 
 #include "io/file_util.h"
 #include "io/image_io.h"
+#include "io/json_config.h"
+#include "io/text.h"
 #include "util/log.h"
 
 namespace t2i::data {
@@ -18,6 +22,9 @@ namespace fs = std::filesystem;
 using json   = nlohmann::ordered_json;  // keeps the columns in file order, as HF does
 
 namespace {
+
+// A sidecar caption is a line of text; a larger file is not a caption file.
+constexpr uint64_t kMaxCaptionFileBytes = 1 << 20;
 
 // A data file read into rows of JSON objects (CSV cells become strings).
 struct Table {
@@ -41,27 +48,44 @@ bool is_image_file(const fs::path& p) {
     return kExt.count(lower_ext(p)) > 0;
 }
 
-// HF datasets ignores hidden files and folders (".git", ".ipynb_checkpoints", "__MACOSX").
-bool is_hidden(const fs::path& relative) {
-    for (const auto& part : relative) {
-        const std::string s = part.string();
-        if ((s.size() > 1 && s[0] == '.' && s != "..") || s.rfind("__", 0) == 0) return true;
+// Whether `path` (canonical) is inside `root` (canonical).
+bool is_inside(const fs::path& path, const fs::path& root) {
+    auto r = root.begin();
+    auto p = path.begin();
+    for (; r != root.end() && p != path.end() && *r == *p; ++r, ++p) {
     }
-    return false;
+    return r == root.end() && p != path.end();
 }
 
-std::vector<fs::path> list_files(const fs::path& dir) {
-    std::vector<fs::path> files;
-    for (auto it =
-             fs::recursive_directory_iterator(dir, fs::directory_options::follow_directory_symlink);
-         it != fs::recursive_directory_iterator(); ++it) {
-        const fs::path rel = fs::relative(it->path(), dir);
-        if (is_hidden(rel)) {
-            if (it->is_directory()) it.disable_recursion_pending();
-            continue;
+// Every regular file below `dir`, as HF's imagefolder finds them: hidden names skipped, links to
+// folders followed, but each folder walked once (a link cycle is not an endless walk) and,
+// unless allowed, never into a folder outside the dataset root.
+void walk(const fs::path& dir, const fs::path& root, bool allow_outside,
+          std::set<std::pair<uint64_t, uint64_t>>* seen, std::vector<fs::path>* files) {
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0 || !seen->insert({st.st_dev, st.st_ino}).second) return;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string name = e.path().filename().string();
+        if ((name.size() > 1 && name[0] == '.') || name.rfind("__", 0) == 0) continue;
+        std::error_code ec;
+        if (e.is_directory(ec)) {
+            if (e.is_symlink(ec) && !allow_outside && !is_inside(fs::canonical(e.path()), root))
+                throw std::runtime_error(
+                    "'" + e.path().string() + "' links to '" + fs::canonical(e.path()).string() +
+                    "', outside the dataset folder '" + root.string() +
+                    "'; pass --allow_paths_outside_dataset if reading files there is intended");
+            walk(e.path(), root, allow_outside, seen, files);
+        } else if (e.is_regular_file(ec)) {
+            files->push_back(e.path());
         }
-        if (it->is_regular_file()) files.push_back(it->path());
     }
+}
+
+std::vector<fs::path> list_files(const fs::path& dir, const DatasetConfig& cfg,
+                                 const DatasetIndex& index) {
+    std::vector<fs::path> files;
+    std::set<std::pair<uint64_t, uint64_t>> seen;
+    walk(dir, index.root, cfg.allow_paths_outside_dataset, &seen, &files);
     std::sort(files.begin(), files.end());
     return files;
 }
@@ -153,7 +177,7 @@ std::vector<json> parse_json_lines(const std::string& text, const std::string& f
 // .jsonl: one object per line. .json: an array of objects (or, as HF's json loader falls back
 // to, JSON lines). .csv: a header row.
 Table read_table(const std::string& file) {
-    const std::string text = io::read_text_file(file);
+    const std::string text = io::read_utf8_file(file, io::kMaxDataFileBytes);
     const std::string ext  = lower_ext(file);
     if (ext == ".csv") return read_csv_table(file, text);
     Table t{file, {}, {}};
@@ -203,8 +227,26 @@ std::vector<std::string> parse_captions(const json& cell, const std::string& col
     if (out.empty() || (cell.is_array() && out.size() != cell.size()))
         throw std::runtime_error("Caption column `" + column +
                                  "` should contain either strings or lists of strings; " + at +
-                                 " has " + cell.dump());
+                                 " has " + io::dump_json(cell).substr(0, 200));
     return out;
+}
+
+// `path` (an existing file) after resolving ".." and symbolic links lies inside the dataset
+// root, unless --allow_paths_outside_dataset. A metadata file is the dataset's author speaking;
+// it must not make t2i read (and train on, and write into checkpoints) files elsewhere.
+void check_inside_root(const std::string& path, const DatasetConfig& cfg, const DatasetIndex& index,
+                       const std::string& at) {
+    if (cfg.allow_paths_outside_dataset) return;
+    std::error_code ec;
+    const fs::path real = fs::canonical(path, ec);
+    if (ec || !is_inside(real, index.root))
+        throw std::runtime_error(at + ": image '" + path + "' lies outside the dataset folder '" +
+                                 index.root + "'" +
+                                 (ec || real == fs::absolute(path).lexically_normal()
+                                      ? ""
+                                      : " (it resolves to '" + real.string() + "')") +
+                                 "; move it into the folder, or pass --allow_paths_outside_dataset "
+                                 "if reading files outside it is intended");
 }
 
 // An image cell: a path string or {"path": ...} (HF's Image feature), relative to `base`.
@@ -217,7 +259,7 @@ std::string resolve_image(const json& cell, const fs::path& base, const std::str
         rel = cell["path"].get<std::string>();
     else
         throw std::runtime_error("image column `" + column + "` should hold a file path; " + at +
-                                 " has " + cell.dump().substr(0, 200));
+                                 " has " + io::dump_json(cell).substr(0, 200));
     const std::string path = (base / rel).lexically_normal().string();
     if (!io::file_exists(path))
         throw std::runtime_error(at + ": image file '" + path + "' does not exist");
@@ -226,7 +268,7 @@ std::string resolve_image(const json& cell, const fs::path& base, const std::str
 
 // Rows of one table -> records. `image_from_file_name`: imagefolder's "image" column.
 void append_records(const Table& t, const DatasetConfig& cfg, bool image_from_file_name,
-                    std::vector<Record>* records) {
+                    DatasetIndex* index) {
     const fs::path base = fs::path(t.file).parent_path();
     for (size_t r = 0; r < t.rows.size(); ++r) {
         const json& row             = t.rows[r];
@@ -238,8 +280,9 @@ void append_records(const Table& t, const DatasetConfig& cfg, bool image_from_fi
             throw std::runtime_error(at + " has no '" + cfg.caption_column + "' value");
         Record rec;
         rec.image_path = resolve_image(row[image_key], base, image_key, at);
-        rec.captions   = parse_captions(row[cfg.caption_column], cfg.caption_column, at);
-        records->push_back(std::move(rec));
+        check_inside_root(rec.image_path, cfg, *index, at);
+        rec.captions = parse_captions(row[cfg.caption_column], cfg.caption_column, at);
+        index->records.push_back(std::move(rec));
     }
 }
 
@@ -261,7 +304,7 @@ void index_imagefolder(const std::vector<fs::path>& metadata, const DatasetConfi
             throw std::runtime_error("--caption_column 'image' is the image column of '" + t.file +
                                      "'; pick a text column: " + join(columns));
         for (const auto& c : columns) add_column(&index->columns, c);
-        append_records(t, cfg, cfg.image_column == "image", &index->records);
+        append_records(t, cfg, cfg.image_column == "image", index);
     }
 }
 
@@ -273,21 +316,21 @@ void index_record_files(const std::vector<fs::path>& files, const DatasetConfig&
         check_column("--image_column", cfg.image_column, t.columns, t.file);
         check_column("--caption_column", cfg.caption_column, t.columns, t.file);
         for (const auto& c : t.columns) add_column(&index->columns, c);
-        append_records(t, cfg, false, &index->records);
+        append_records(t, cfg, false, index);
     }
 }
 
 // kohya-ss: the first line of <stem>.txt or <stem>.caption; images without one get an empty
-// caption with a warning, as kohya does.
+// caption with a warning, as kohya does. UTF-16 files (with a byte-order mark) are converted;
+// other encodings are an error naming the file.
 bool read_sidecar(const fs::path& image, std::string* caption) {
     for (const char* ext : {".txt", ".caption"}) {
         fs::path side = image;
         side.replace_extension(ext);
         if (!io::file_exists(side.string())) continue;
-        std::istringstream in(io::read_text_file(side.string()));
+        std::istringstream in(io::read_utf8_file(side.string(), kMaxCaptionFileBytes));
         std::string line;
         std::getline(in, line);
-        if (line.rfind("\xEF\xBB\xBF", 0) == 0) line = line.substr(3);
         const auto b = line.find_first_not_of(" \t\r\n"), e = line.find_last_not_of(" \t\r\n");
         *caption = b == std::string::npos ? "" : line.substr(b, e - b + 1);
         return true;
@@ -304,6 +347,7 @@ void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
     std::string first_missing;
     for (const auto& image : images) {
         Record rec{image.lexically_normal().string(), {""}};
+        check_inside_root(rec.image_path, cfg, *index, "'" + rec.image_path + "'");
         if (!read_sidecar(image, &rec.captions[0]) && missing++ == 0)
             first_missing = rec.image_path;
         index->records.push_back(std::move(rec));
@@ -338,7 +382,7 @@ void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
 void index_folder(const std::string& dir, const DatasetConfig& cfg, DatasetIndex* index) {
     std::vector<fs::path> metadata, images, data_files;
     bool has_sidecar = false;
-    for (const auto& f : list_files(dir)) {
+    for (const auto& f : list_files(dir, cfg, *index)) {
         const std::string name = f.filename().string(), ext = lower_ext(f);
         if (name == "metadata.jsonl" || name == "metadata.csv")
             metadata.push_back(f);
@@ -405,6 +449,11 @@ DatasetIndex index_dataset(const DatasetConfig& cfg) {
             "a .json/.jsonl/.csv file of records");
     DatasetIndex index;
     index.source = source;
+    if (io::dir_exists(source) || io::file_exists(source)) {
+        const fs::path folder =
+            io::dir_exists(source) ? fs::path(source) : fs::absolute(source).parent_path();
+        index.root = fs::canonical(folder).string();
+    }
     if (io::dir_exists(source)) {
         index_folder(source, cfg, &index);
     } else if (io::file_exists(source)) {
@@ -438,13 +487,17 @@ CaptionDataset CaptionDataset::open(const DatasetConfig& config,
 Example CaptionDataset::get(int64_t i, Rng& rng) const {
     const Record& rec = record(i);
     torch::Tensor image;
+    Example ex;
     try {
         image = io::decode_image(rec.image_path);  // PIL: Image.open(...).convert("RGB")
     } catch (const std::exception& e) {
         throw BadSampleError(e.what());
     }
-    Example ex;
-    ex.pixel_values = train_transform(image, config_.transform, rng);  // [3, R, R]
+    try {
+        ex.pixel_values = train_transform(image, config_.transform, rng);  // [3, R, R]
+    } catch (const std::exception& e) {
+        throw BadSampleError("image '" + rec.image_path + "': " + e.what());
+    }
     // tokenize_captions: random.choice among a list (is_train=True).
     const size_t n    = rec.captions.size();
     ex.caption        = n == 1 ? rec.captions[0] : rec.captions[rng_uniform_index(rng, n)];

@@ -36,6 +36,8 @@ struct DatasetConfig {
     uint64_t seed              = 0;        // --seed (for max_train_samples' shuffle)
     TransformConfig transform;             // --resolution, --center_crop, --random_flip, ...
     tokenizer::TextCleanMode text_clean = tokenizer::TextCleanMode::kFtfy;
+    // --allow_paths_outside_dataset: images may lie outside the dataset root (see DatasetIndex).
+    bool allow_paths_outside_dataset = false;
 };
 
 // One training example before decoding.
@@ -47,8 +49,12 @@ struct Record {
 // What a dataset source holds, found without decoding any image (cheap enough to validate the
 // flags before training starts).
 struct DatasetIndex {
-    std::string layout;                // "imagefolder", "records" or "captions"
-    std::string source;                // the folder or file that was read
+    std::string layout;  // "imagefolder", "records" or "captions"
+    std::string source;  // the folder or file that was read
+    // The folder every image must lie in, after resolving ".." and symbolic links: `source`, or
+    // the folder of a data file. A path that leaves it (an absolute path, "../x.png", a link out
+    // of the folder) is an error unless allow_paths_outside_dataset.
+    std::string root;
     std::vector<std::string> columns;  // as the script would see them
     std::vector<Record> records;       // after --max_train_samples
 };
@@ -70,7 +76,8 @@ struct Example {
 // Reads the records of the source named by `config` (dataset_name wins over train_data_dir,
 // as in the script). Throws for: neither given; a Hub id or missing path (with download hint);
 // a missing column (naming the column, the file, and the columns that exist); a caption that is
-// not a string or list of strings; a missing image file; an empty dataset.
+// not a string or list of strings; a missing image file or one outside the dataset root; a
+// metadata or caption file that is not UTF-8 or UTF-16 text; an empty dataset.
 DatasetIndex index_dataset(const DatasetConfig& config);
 
 class CaptionDataset {
@@ -79,10 +86,13 @@ class CaptionDataset {
 
     int64_t size() const { return static_cast<int64_t>(index_.records.size()); }
     const Record& record(int64_t i) const { return index_.records.at(static_cast<size_t>(i)); }
+    const std::string& root() const { return index_.root; }  // DatasetIndex::root
 
     // Decode + train_transform + tokenize record `i`. Draws from `rng` for the random crop and
     // flip (see train_transform), then for the caption choice when there are several. Thread
-    // safe. Throws BadSampleError when the image cannot be read or decoded.
+    // safe. Throws BadSampleError when the image cannot be read or decoded, or when resizing it
+    // to --resolution would exceed the pixel budget (io::kMaxImagePixels; e.g. a 1,000,000 x 1
+    // image).
     Example get(int64_t i, Rng& rng) const;
 
   private:

@@ -2,6 +2,9 @@
 // worker pool that builds batches ahead and hands them over strictly in order.
 #include "data/loader.h"
 
+#include <stdexcept>
+#include <system_error>
+
 #include "util/log.h"
 
 namespace t2i::data {
@@ -39,17 +42,31 @@ DataLoader::DataLoader(std::shared_ptr<const CaptionDataset> dataset, LoaderConf
     TORCH_CHECK(config_.prefetch_factor >= 1, "DataLoader: prefetch_factor must be >= 1");
     const int64_t step_size = config_.batch_size * config_.world_size;
     batches_per_epoch_      = (dataset_->size() + step_size - 1) / step_size;
-    for (int i = 0; i < config_.num_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+    for (int i = 0; i < config_.num_workers; ++i) {
+        try {
+            workers_.emplace_back([this] { worker_loop(); });
+        } catch (const std::system_error& e) {
+            // Joinable threads left in workers_ would call std::terminate in the destructor.
+            stop_workers();
+            throw std::runtime_error("cannot start data-loader worker thread " +
+                                     std::to_string(i + 1) + " of " +
+                                     std::to_string(config_.num_workers) + ": " + e.what() +
+                                     "; use fewer --dataloader_num_workers");
+        }
+    }
 }
 
-DataLoader::~DataLoader() {
+void DataLoader::stop_workers() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stop_ = true;
     }
     work_cv_.notify_all();
     for (auto& t : workers_) t.join();
+    workers_.clear();
 }
+
+DataLoader::~DataLoader() { stop_workers(); }
 
 std::shared_ptr<const std::vector<int64_t>> DataLoader::permutation(int64_t epoch) const {
     std::lock_guard<std::mutex> lock(perm_mutex_);
@@ -98,7 +115,7 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
             } catch (const BadSampleError& e) {
                 if (!config_.skip_bad_samples) throw;
                 log_warn("skipping bad sample: %s", e.what());
-                ++result.skipped;
+                if (result.skipped++ == 0) result.first_skip = e.what();
             }
         }
         if (!pixels.empty()) {
@@ -140,8 +157,18 @@ void DataLoader::worker_loop() {
 std::optional<Batch> DataLoader::next() {
     for (;;) {
         if (batch_ >= batches_per_epoch_) {  // end of the epoch; the next call starts another
+            if (epoch_from_start_ && epoch_good_ == 0 && epoch_skipped_ > 0)
+                throw std::runtime_error(
+                    "every one of the " + std::to_string(epoch_skipped_) + " samples of epoch " +
+                    std::to_string(epoch_) +
+                    " was bad and skipped (--skip_bad_samples), so no step can be trained; the "
+                    "first: " +
+                    epoch_first_skip_);
             ++epoch_;
-            batch_ = 0;
+            batch_            = 0;
+            epoch_from_start_ = true;
+            epoch_good_ = epoch_skipped_ = 0;
+            epoch_first_skip_.clear();
             return std::nullopt;
         }
         const int64_t linear = epoch_ * batches_per_epoch_ + batch_;
@@ -158,17 +185,25 @@ std::optional<Batch> DataLoader::next() {
         }
         ++batch_;
         skipped_ += result.skipped;
+        if (result.skipped > 0 && epoch_skipped_ == 0) epoch_first_skip_ = result.first_skip;
+        epoch_skipped_ += result.skipped;
         if (result.error) std::rethrow_exception(result.error);
+        if (result.batch) epoch_good_ += result.batch->size();
         if (result.batch) return std::move(result.batch);
         // Every sample of this batch was skipped: go on with the next one.
     }
 }
 
 void DataLoader::seek(int64_t epoch, int64_t batch) {
-    TORCH_CHECK(epoch >= 0 && batch >= 0 && batch <= batches_per_epoch_, "DataLoader::seek(", epoch,
-                ", ", batch, "): batch must be in [0, ", batches_per_epoch_, "]");
-    epoch_ = epoch;
-    batch_ = batch;
+    if (epoch < 0 || batch < 0 || batch > batches_per_epoch_)
+        throw std::runtime_error(
+            "the loader position (epoch " + std::to_string(epoch) + ", batch " +
+            std::to_string(batch) + ") is not a position of this dataset, which has " +
+            std::to_string(batches_per_epoch_) + " batches per epoch on this process");
+    epoch_            = epoch;
+    batch_            = batch;
+    epoch_from_start_ = batch == 0;
+    epoch_good_ = epoch_skipped_ = 0;
     std::lock_guard<std::mutex> lock(mutex_);
     ++generation_;
     done_.clear();

@@ -21,7 +21,8 @@
 //   Bad images: BadSampleError propagates from next() naming the path, unless skip_bad_samples
 //     is set: then the sample is left out of its batch (a batch may be smaller; a batch with no
 //     good sample is skipped with one process and delivered empty with several, so that the
-//     ranks stay in step), and skipped() counts them.
+//     ranks stay in step), and skipped() counts them. An epoch in which every sample this rank
+//     read was bad is an error (training could never make a step).
 // The loader is used from one consumer thread; its own workers are internal.
 #pragma once
 
@@ -103,11 +104,13 @@ class DataLoader {
         std::optional<Batch> batch;  // empty when every sample was skipped
         std::exception_ptr error;
         int64_t skipped = 0;
+        std::string first_skip;  // why the first skipped sample was bad
     };
 
     Result build(int64_t linear) const;  // builds batch number epoch * per_epoch + batch
     std::shared_ptr<const std::vector<int64_t>> permutation(int64_t epoch) const;
     void worker_loop();
+    void stop_workers();  // stops and joins every started worker
 
     std::shared_ptr<const CaptionDataset> dataset_;
     LoaderConfig config_;
@@ -117,6 +120,12 @@ class DataLoader {
     int64_t epoch_   = 0;
     int64_t batch_   = 0;
     int64_t skipped_ = 0;
+    // Since the start of the current epoch (only when it was read from batch 0): good samples,
+    // skipped samples and the first skip's reason, for the all-bad-epoch error.
+    bool epoch_from_start_ = true;
+    int64_t epoch_good_    = 0;
+    int64_t epoch_skipped_ = 0;
+    std::string epoch_first_skip_;
 
     // Worker state, guarded by mutex_.
     std::mutex mutex_;

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "io/image_io.h"
+
 namespace t2i::data {
 namespace {
 
@@ -283,6 +285,15 @@ torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
                                   InterpolationMode mode) {
     check_image(image, "resize_shorter_side");
     const auto [h, w] = resized_output_size(image.size(0), image.size(1), size);
+    // An extreme aspect ratio would make the resized image enormous (a 1,000,000 x 1 image at
+    // 512 is 512,000,000 x 512); refuse it before allocating, as PIL refuses decompression bombs.
+    if (static_cast<uint64_t>(h) * static_cast<uint64_t>(w) > io::kMaxImagePixels)
+        throw std::runtime_error(
+            "the image is " + std::to_string(image.size(1)) + " x " +
+            std::to_string(image.size(0)) + " pixels (w x h); resizing its shorter side to " +
+            std::to_string(size) + " would make it " + std::to_string(w) + " x " +
+            std::to_string(h) + ", more than the " + std::to_string(io::kMaxImagePixels) +
+            "-pixel budget; crop it or leave it out");
     if (h == image.size(0) && w == image.size(1)) return image;  // torchvision returns it as is
     return resize(image, h, w, mode);
 }

@@ -3,7 +3,11 @@
 #include "training/train_config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 
 namespace t2i::training {
@@ -27,13 +31,23 @@ void require_one_of(const std::string& flag, const std::string& value,
     bad(flag, "'" + value + "' is not one of " + list);
 }
 
-void require_positive(const std::string& flag, double value) {
-    if (!(value > 0)) bad(flag, "must be > 0, got " + std::to_string(value));
+// lo <= value <= hi; NaN and infinities fail (no flag means anything by them, and `nan > 0` and
+// `nan <= 0` are both false, so one-sided checks let NaN through).
+void require_range(const std::string& flag, double value, double lo, double hi) {
+    if (value >= lo && value <= hi) return;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "must be in [%.10g, %.10g], got %.10g", lo, hi, value);
+    bad(flag, buf);
 }
 
-void require_non_negative(const std::string& flag, double value) {
-    if (!(value >= 0)) bad(flag, "must be >= 0, got " + std::to_string(value));
+void require_positive(const std::string& flag, double value) {
+    if (!(value > 0) || !std::isfinite(value))
+        bad(flag, "must be a finite number > 0, got " + std::to_string(value));
 }
+
+// Step and epoch counts stay far below 2^63, so products of them (steps x batches, epochs x
+// steps per epoch) cannot overflow.
+constexpr double kMaxCount = 1e12;
 
 const std::string kOffline =
     " t2i reads local folders only and never uses the network; download first, e.g. "
@@ -62,53 +76,66 @@ void TrainConfig::validate() const {
     if (resolution <= 0 || resolution % 8 != 0)
         bad("resolution", "must be a positive multiple of 8 (the VAE downscales by 8), got " +
                               std::to_string(resolution));
+    require_range("resolution", double(resolution), 8, 16384);
     require_one_of(
         "image_interpolation_mode", image_interpolation_mode,
         {"nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos"});
-    if (max_train_samples && *max_train_samples < 1) bad("max_train_samples", "must be >= 1");
-    if (dataloader_num_workers < 0) bad("dataloader_num_workers", "must be >= 0");
-    if (train_batch_size < 1) bad("train_batch_size", "must be >= 1");
-    if (num_train_epochs < 1) bad("num_train_epochs", "must be >= 1");
-    if (max_train_steps && *max_train_steps < 1) bad("max_train_steps", "must be >= 1");
-    if (gradient_accumulation_steps < 1) bad("gradient_accumulation_steps", "must be >= 1");
-    require_non_negative("input_perturbation", input_perturbation);
-    require_non_negative("noise_offset", noise_offset);
-    if (snr_gamma) require_positive("snr_gamma", *snr_gamma);
+    if (max_train_samples) require_range("max_train_samples", double(*max_train_samples), 1, 1e15);
+    // More threads than 4 per core only oversubscribe the machine (and each costs a stack).
+    const double threads = std::max(8.0, 4.0 * std::thread::hardware_concurrency());
+    require_range("dataloader_num_workers", double(dataloader_num_workers), 0, threads);
+    require_range("num_threads", double(num_threads), 0, threads);
+    require_range("train_batch_size", double(train_batch_size), 1, 65536);
+    require_range("num_train_epochs", double(num_train_epochs), 1, kMaxCount);
+    if (max_train_steps) require_range("max_train_steps", double(*max_train_steps), 1, kMaxCount);
+    require_range("gradient_accumulation_steps", double(gradient_accumulation_steps), 1, 1e6);
+    require_range("input_perturbation", input_perturbation, 0, 100);
+    require_range("noise_offset", noise_offset, 0, 100);
+    if (snr_gamma) require_range("snr_gamma", *snr_gamma, 1e-12, 1e12);
+    require_range("dream_detail_preservation", dream_detail_preservation, 0, 100);
     if (dream_training && prediction_type && *prediction_type == "v_prediction")
         bad("dream_training", "DREAM supports epsilon prediction only (as diffusers)");
     require_positive("learning_rate", learning_rate);
-    if (adam_beta1 < 0 || adam_beta1 >= 1) bad("adam_beta1", "must be in [0, 1)");
-    if (adam_beta2 < 0 || adam_beta2 >= 1) bad("adam_beta2", "must be in [0, 1)");
-    require_non_negative("adam_weight_decay", adam_weight_decay);
-    require_positive("adam_epsilon", adam_epsilon);
+    require_range("adam_beta1", adam_beta1, 0, std::nextafter(1.0, 0.0));
+    require_range("adam_beta2", adam_beta2, 0, std::nextafter(1.0, 0.0));
+    require_range("adam_weight_decay", adam_weight_decay, 0, 1e6);
+    require_range("adam_epsilon", adam_epsilon, 1e-30, 1);
     require_positive("max_grad_norm", max_grad_norm);
     require_one_of("lr_scheduler", lr_scheduler,
                    {"linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                     "constant_with_warmup"});
-    if (lr_warmup_steps < 0) bad("lr_warmup_steps", "must be >= 0");
+    require_range("lr_warmup_steps", double(lr_warmup_steps), 0, kMaxCount);
     if (lr_scheduler == "polynomial" && learning_rate <= 1e-7)
         bad("learning_rate", "must be > lr_end (1e-7) for the polynomial schedule");
     if (mixed_precision)
         require_one_of("mixed_precision", *mixed_precision, {"no", "fp16", "bf16"});
-    if (checkpointing_steps < 1) bad("checkpointing_steps", "must be >= 1");
-    if (checkpoints_total_limit && *checkpoints_total_limit < 1)
-        bad("checkpoints_total_limit", "must be >= 1");
-    if (validation_epochs < 1) bad("validation_epochs", "must be >= 1");
-    if (validation_steps < 0) bad("validation_steps", "must be >= 0 (0 = off)");
+    if (output_dir.empty()) bad("output_dir", "must not be empty");
+    require_range("checkpointing_steps", double(checkpointing_steps), 1, kMaxCount);
+    if (checkpoints_total_limit)
+        require_range("checkpoints_total_limit", double(*checkpoints_total_limit), 1, 1e6);
+    require_range("validation_epochs", double(validation_epochs), 1, kMaxCount);
+    require_range("validation_steps", double(validation_steps), 0, kMaxCount);
     if (report_to == "wandb" || report_to == "comet_ml")
         bad("report_to", report_to +
                              " is not available offline; use tensorboard (the default), "
                              "jsonl or none");
     require_one_of("report_to", report_to, {"tensorboard", "jsonl", "none", "all"});
-    if (num_threads < 0) bad("num_threads", "must be >= 0 (0 = all cores)");
+    // The logs go inside --output_dir, never elsewhere.
+    const auto logs = std::filesystem::path(logging_dir).lexically_normal();
+    if (logging_dir.empty() || logs.is_absolute() || *logs.begin() == "..")
+        bad("logging_dir",
+            "must be a folder inside --output_dir (a relative path without '..'), "
+            "got '" +
+                logging_dir + "'");
     if (device != "cpu" && device.rfind("cuda", 0) != 0)
         bad("device", "'" + device + "' is not cpu, cuda or cuda:N");
-    if (logging_steps < 1) bad("logging_steps", "must be >= 1");
+    require_range("logging_steps", double(logging_steps), 1, kMaxCount);
     require_one_of("text_clean", text_clean, {"ftfy", "basic"});
-    if (stop_after_steps && *stop_after_steps < 1) bad("stop_after_steps", "must be >= 1");
+    if (stop_after_steps)
+        require_range("stop_after_steps", double(*stop_after_steps), 1, kMaxCount);
     if (!ddp_backend.empty()) require_one_of("ddp_backend", ddp_backend, {"gloo", "nccl"});
-    if (!(ddp_timeout > 0)) bad("ddp_timeout", "must be > 0 seconds");
-    if (!(ddp_bucket_cap_mb > 0)) bad("ddp_bucket_cap_mb", "must be > 0");
+    require_range("ddp_timeout", ddp_timeout, 1e-3, 1e7);
+    require_range("ddp_bucket_cap_mb", ddp_bucket_cap_mb, 1e-3, 1e5);
     if (zero_stage != 0 && zero_stage != 1)
         bad("zero_stage",
             "must be 0 (off) or 1 (sharded optimizer state); stages 2 and 3 are "

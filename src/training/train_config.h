@@ -88,11 +88,12 @@ struct TrainConfig {
     std::optional<std::string> hub_token;
     std::optional<std::string> hub_model_id;
     // t2i additions
-    int64_t num_threads    = 0;  // 0 = all cores
-    std::string device     = "cpu";
-    bool skip_bad_samples  = false;
-    int64_t logging_steps  = 1;
-    std::string text_clean = "ftfy";
+    int64_t num_threads              = 0;  // 0 = all cores
+    std::string device               = "cpu";
+    bool skip_bad_samples            = false;
+    bool allow_paths_outside_dataset = false;
+    int64_t logging_steps            = 1;
+    std::string text_clean           = "ftfy";
     std::optional<int64_t> stop_after_steps;
     // t2i: several processes (dist/process_group.h)
     std::string ddp_backend  = "";  // "" = gloo on CPU, nccl on CUDA
@@ -214,6 +215,9 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.device, "device", "t2i: cpu or cuda[:N].");
     v(c.skip_bad_samples, "skip_bad_samples",
       "t2i: skip unreadable images (and report how many) instead of stopping.");
+    v(c.allow_paths_outside_dataset, "allow_paths_outside_dataset",
+      "t2i: let metadata name images outside the dataset folder (absolute paths, '..', links "
+      "that leave it); by default such a path is an error.");
     v(c.logging_steps, "logging_steps",
       "t2i: one log line every N optimizer steps off a terminal.");
     v(c.text_clean, "text_clean",
