@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "models/weights.h"
 #include "pipeline/model_dir.h"
+#include "training/train_config.h"
 #include "util/log.h"
 
 namespace t2i::training {
@@ -34,75 +35,170 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
     io::fsync_dir(dir);
 }
 
+namespace {
+
+// checkpoint-<N> with N a step count that fits in int64 (longer digit strings are not ours).
+std::optional<int64_t> checkpoint_step(const std::string& name) {
+    static const std::regex kName("checkpoint-([0-9]{1,18})");
+    std::smatch m;
+    if (!std::regex_match(name, m, kName)) return std::nullopt;
+    return std::stoll(m[1]);
+}
+
+// Whether `path` is inside `root` (both canonical), or is it.
+bool is_within(const fs::path& path, const fs::path& root) {
+    auto r = root.begin();
+    auto p = path.begin();
+    for (; r != root.end() && p != path.end() && *r == *p; ++r, ++p) {
+    }
+    return r == root.end();
+}
+
+}  // namespace
+
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir) {
     std::vector<std::pair<int64_t, std::string>> out;
     if (!io::dir_exists(output_dir)) return out;
-    static const std::regex kName("checkpoint-([0-9]+)");
     for (const auto& e : fs::directory_iterator(output_dir)) {
-        std::smatch m;
-        const std::string name = e.path().filename().string();
-        if (e.is_directory() && std::regex_match(name, m, kName))
-            out.emplace_back(std::stoll(m[1]), e.path().string());
+        const auto step = checkpoint_step(e.path().filename().string());
+        if (step && e.is_directory()) out.emplace_back(*step, e.path().string());
     }
     std::sort(out.begin(), out.end());
     return out;
 }
 
-std::string save_checkpoint(const std::string& output_dir, const models::UNet2DConditionModel& unet,
+void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const std::string& what) {
+    for (const auto& [name, t] : tensors) {
+        if (!t.is_floating_point() || t.isfinite().all().item<bool>()) continue;
+        throw std::runtime_error(what + ": '" + name +
+                                 "' holds NaN or infinite values; nothing was written");
+    }
+}
+
+std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DConditionModel& unet,
                             const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
                             std::optional<int64_t> total_limit) {
-    fs::create_directories(output_dir);
-    // Leftovers of a run killed while writing a checkpoint are never picked up: remove them.
-    for (const auto& e : fs::directory_iterator(output_dir)) {
-        const std::string name = e.path().filename().string();
-        if (name.rfind(".checkpoint-", 0) == 0) fs::remove_all(e.path());
-    }
-    // Prune before saving, as the original: afterwards at most `total_limit` remain.
-    if (total_limit) {
-        auto existing      = list_checkpoints(output_dir);
-        const int64_t step = state.global_step;
-        existing.erase(std::remove_if(existing.begin(), existing.end(),
-                                      [&](const auto& c) { return c.first == step; }),
-                       existing.end());
-        const int64_t excess = static_cast<int64_t>(existing.size()) - *total_limit + 1;
-        for (int64_t i = 0; i < excess; ++i) {
-            log_info("removing old checkpoint %s (--checkpoints_total_limit %lld)",
-                     existing[i].second.c_str(), (long long)*total_limit);
-            // Rename first: a kill during the deletion must not leave a partial checkpoint-N
-            // (the leftover .checkpoint-* name is removed by the next save).
-            const std::string doomed = output_dir + "/.checkpoint-" +
-                                       std::to_string(existing[i].first) + ".deleting-" +
-                                       std::to_string(::getpid());
-            fs::rename(existing[i].second, doomed);
-            fs::remove_all(doomed);
-        }
-    }
-    const std::string name = "checkpoint-" + std::to_string(state.global_step);
-    const std::string dest = output_dir + "/" + name;
-    const std::string tmp  = output_dir + "/." + name + ".tmp-" + std::to_string(::getpid());
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-
-    save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
+    const std::string step = std::to_string(state.global_step);
+    const std::string name = "checkpoint-" + step;
+    const auto previous    = list_checkpoints(out.path());
+    const std::string last = previous.empty() ? "none" : previous.back().second;
+    // A user's work is never replaced by NaN: check before anything is written.
+    std::vector<std::pair<std::string, torch::Tensor>> weights;
+    for (const auto& p : unet->named_parameters()) weights.emplace_back(p.key(), p.value());
+    check_finite(weights, "step " + step + ": the UNet weights");
     if (ema) {
         const auto shadow = ema->shadow_map();
-        save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow, ema->config_json());
+        check_finite({shadow.begin(), shadow.end()}, "step " + step + ": the EMA weights");
     }
-    io::save_safetensors(tmp + "/optimizer.safetensors", optimizer_state);
-    io::save_safetensors(tmp + "/random_states.safetensors",
-                         {{"generator", generator.get_state()}});
-    nlohmann::json js{{"global_step", state.global_step},
-                      {"loader", {{"epoch", state.loader.epoch}, {"batch", state.loader.batch}}},
-                      {"lr_schedule", state.lr_schedule},
-                      {"extra", state.extra},
-                      {"config", state.config},
-                      {"format", "t2i-checkpoint-1"}};
-    // Written last: a folder with training_state.json has everything else.
-    io::write_text_atomic(tmp + "/training_state.json", js.dump(2) + "\n");
-    io::fsync_dir(tmp);
-    pipeline::move_dir_into_place(tmp, dest);
+    out.claim(name);
+    const std::string dest = out.file(name);
+    const std::string tmp  = out.file("." + name + ".tmp-" + std::to_string(::getpid()));
+    try {
+        fs::remove_all(tmp);
+        fs::create_directories(tmp);
+        save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
+        if (ema) {
+            const auto shadow = ema->shadow_map();
+            save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow,
+                             ema->config_json());
+        }
+        io::save_safetensors(tmp + "/optimizer.safetensors", optimizer_state);
+        io::save_safetensors(tmp + "/random_states.safetensors",
+                             {{"generator", generator.get_state()}});
+        nlohmann::json js{
+            {"global_step", state.global_step},
+            {"loader", {{"epoch", state.loader.epoch}, {"batch", state.loader.batch}}},
+            {"lr_schedule", state.lr_schedule},
+            {"extra", state.extra},
+            {"config", state.config},
+            {"format", "t2i-checkpoint-1"}};
+        // Written last: a folder with training_state.json has everything else.
+        io::write_text_atomic(tmp + "/training_state.json", io::dump_json(js, 2) + "\n");
+        io::fsync_dir(tmp);
+        pipeline::move_dir_into_place(tmp, dest);
+    } catch (const std::exception& e) {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);  // a failed save never leaves its half-written folder behind
+        throw std::runtime_error("writing checkpoint '" + dest + "' failed: " + e.what() +
+                                 "; the last complete checkpoint is " + last +
+                                 " (resume from it with --resume_from_checkpoint latest)");
+    }
+    // Prune only now that the new checkpoint is whole; the previous newest stays until a later
+    // step confirms this one (confirm_checkpoints).
+    if (total_limit) prune_checkpoints(out, *total_limit + 1);
     return dest;
+}
+
+void prune_checkpoints(io::OutputFolder& out, int64_t keep) {
+    std::vector<std::pair<int64_t, std::string>> ours;
+    for (const auto& c : list_checkpoints(out.path()))
+        if (out.owns(fs::path(c.second).filename())) ours.push_back(c);
+    const int64_t excess = static_cast<int64_t>(ours.size()) - keep;
+    for (int64_t i = 0; i < excess; ++i) {
+        log_info("removing old checkpoint %s (--checkpoints_total_limit)", ours[i].second.c_str());
+        // Rename first: a kill during the deletion must not leave a partial checkpoint-N (the
+        // leftover name is swept when the folder is opened next).
+        const std::string name   = fs::path(ours[i].second).filename();
+        const std::string doomed = out.file("." + name + ".deleting-" + std::to_string(::getpid()));
+        fs::rename(ours[i].second, doomed);
+        fs::remove_all(doomed);
+        out.forget(name);
+    }
+}
+
+std::string quarantine_checkpoint(io::OutputFolder& out, int64_t step) {
+    const std::string name      = "checkpoint-" + std::to_string(step);
+    const std::string set_aside = name + "-diverged";
+    if (!io::dir_exists(out.file(name)) || !out.owns(name)) return "";
+    out.claim(set_aside);
+    fs::rename(out.file(name), out.file(set_aside));
+    io::fsync_dir(out.path());
+    out.forget(name);
+    return out.file(set_aside);
+}
+
+std::unique_ptr<io::OutputFolder> open_output_dir(const std::string& output_dir,
+                                                  const std::string& base_model,
+                                                  const std::string& dataset_root, bool resuming,
+                                                  const std::set<std::string>& names) {
+    const fs::path out = fs::weakly_canonical(fs::absolute(output_dir));
+    for (const auto& [what, folder] :
+         {std::pair<std::string, std::string>{"the base model folder", base_model},
+          {"the dataset folder", dataset_root}}) {
+        if (folder.empty()) continue;
+        const fs::path other = fs::weakly_canonical(fs::absolute(folder));
+        if (is_within(out, other))
+            throw FlagError("--output_dir '" + output_dir + "' is " +
+                            (out == other ? "" : "inside ") + what + " '" + folder +
+                            "'; t2i writes checkpoints and the trained model there and never "
+                            "writes into its inputs: choose another --output_dir");
+    }
+    auto folder = std::make_unique<io::OutputFolder>(output_dir);
+    const std::string hint =
+        "t2i never replaces files it did not write: move it away or choose another --output_dir";
+    folder->check_not_foreign(names, hint);
+    std::vector<std::string> earlier;
+    for (const auto& [step, path] : list_checkpoints(output_dir)) {
+        const std::string name = fs::path(path).filename();
+        folder->check_not_foreign({name}, hint);
+        earlier.push_back(name);
+    }
+    const bool saved_model =
+        folder->owns("model_index.json") && io::file_exists(folder->file("model_index.json"));
+    if (resuming && earlier.empty() && saved_model)
+        throw FlagError("--output_dir '" + output_dir +
+                        "' holds a finished run's model but no checkpoint to resume from; a new "
+                        "run there would overwrite it: choose another --output_dir");
+    if (saved_model) earlier.push_back("a saved model");
+    if (!resuming && !earlier.empty())
+        throw FlagError("--output_dir '" + output_dir + "' holds the work of an earlier run (" +
+                        earlier.back() + (earlier.size() > 1 ? ", " + earlier.front() : "") +
+                        (earlier.size() > 2 ? ", ..." : "") +
+                        "); continue it with --resume_from_checkpoint latest, or choose another "
+                        "--output_dir (a new run never overwrites earlier work)");
+    return folder;
 }
 
 std::optional<std::string> resolve_checkpoint(const std::string& spec,
@@ -137,14 +233,7 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
         throw std::runtime_error("checkpoint '" + path +
                                  "' has no training_state.json: it was not "
                                  "written by t2i or is incomplete");
-    const auto js = io::read_json(state_file);
-    TrainerState state;
-    state.global_step  = js.get<int64_t>("global_step");
-    state.loader.epoch = js.json().at("loader").at("epoch").get<int64_t>();
-    state.loader.batch = js.json().at("loader").at("batch").get<int64_t>();
-    state.lr_schedule  = js.json().value("lr_schedule", nlohmann::json());
-    state.extra        = js.json().value("extra", nlohmann::json::object());
-    state.config       = js.json().value("config", nlohmann::json::object());
+    TrainerState state = read_trainer_state(state_file);
 
     models::load_weights(*unet, {path + "/unet/diffusion_pytorch_model.safetensors"},
                          "checkpoint unet");
@@ -155,7 +244,12 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
                                      "' has no unet_ema/ but --use_ema is "
                                      "set; resume without --use_ema or from another checkpoint");
         ema->load_shadow(io::load_safetensors(ema_dir + "/diffusion_pytorch_model.safetensors"));
-        ema->load_config_json(io::read_json(ema_dir + "/config.json").json());
+        const auto ema_config = io::read_json(ema_dir + "/config.json");
+        try {
+            ema->load_config_json(ema_config.json());
+        } catch (const nlohmann::json::exception& e) {
+            throw std::runtime_error("'" + ema_config.path() + "': bad EMA state: " + e.what());
+        }
     }
     // Views of the mapped file: the optimizer copies only the entries it keeps (under ZeRO-1
     // a process holds its own share, never the whole state).
@@ -165,8 +259,61 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
         optimizer_state[info.name] = optimizer_file.view(info.name);
     optimizer.load_state_dict(optimizer_filter ? optimizer_filter(optimizer_state)
                                                : optimizer_state);
-    const auto rng = io::load_safetensors(path + "/random_states.safetensors");
+    const std::string rng_file = path + "/random_states.safetensors";
+    const auto rng             = io::load_safetensors(rng_file);
+    const auto expected        = generator.get_state();
+    if (!rng.count("generator") || rng.at("generator").scalar_type() != torch::kUInt8 ||
+        rng.at("generator").sizes() != expected.sizes())
+        throw std::runtime_error("'" + rng_file + "' must hold 'generator', a U8 tensor of shape " +
+                                 c10::str(expected.sizes()) +
+                                 " (the training generator's state); the file is damaged");
     generator.set_state(rng.at("generator"));
+    return state;
+}
+
+TrainerState read_trainer_state(const std::string& file) {
+    const auto js = io::read_json(file);
+    auto object   = [&](const char* key) {
+        const auto& v = js.has(key) ? js.json().at(key) : nlohmann::json::object();
+        if (!v.is_object()) js.fail(key, "must be an object, found " + io::dump_json(v));
+        return io::JsonConfig(v, file + " (" + key + ")");
+    };
+    auto count = [&](const io::JsonConfig& j, const char* key) {
+        const auto v = j.get<int64_t>(key);
+        j.check_range(key, static_cast<double>(v), 0, 1e15);
+        return v;
+    };
+    TrainerState state;
+    state.global_step  = count(js, "global_step");
+    const auto loader  = object("loader");
+    state.loader.epoch = count(loader, "epoch");
+    state.loader.batch = count(loader, "batch");
+    const auto lr      = object("lr_schedule");
+    state.lr_schedule  = lr.json();
+    lr.get<std::string>("name");
+    count(lr, "step_count");
+    const auto extra = object("extra");
+    state.extra      = extra.json();
+    for (const char* key : {"skipped_samples", "world_size", "train_batch_size"})
+        if (extra.has(key)) count(extra, key);
+    if (extra.has("world_size") && extra.get<int64_t>("world_size") < 1)
+        extra.fail("world_size", "must be >= 1");
+    if (extra.has("train_batch_size") && extra.get<int64_t>("train_batch_size") < 1)
+        extra.fail("train_batch_size", "must be >= 1");
+    if (extra.has("grad_scaler")) {
+        const auto& g = extra.json().at("grad_scaler");
+        if (!g.is_object()) extra.fail("grad_scaler", "must be an object");
+        if (!g.empty()) {
+            const io::JsonConfig scaler(g, file + " (extra.grad_scaler)");
+            scaler.check_range("scale", scaler.get<double>("scale"), 1e-30, 1e38);
+            scaler.check_range("growth_factor", scaler.get<double>("growth_factor"), 1, 1e6);
+            scaler.check_range("backoff_factor", scaler.get<double>("backoff_factor"), 1e-6, 1);
+            scaler.check_range("growth_interval",
+                               static_cast<double>(scaler.get<int64_t>("growth_interval")), 1, 1e9);
+            count(scaler, "_growth_tracker");
+        }
+    }
+    state.config = object("config").json();
     return state;
 }
 

@@ -12,12 +12,15 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "data/loader.h"
+#include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "models/unet.h"
 #include "training/ema.h"
@@ -41,16 +44,45 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
                       const nlohmann::json& config, const io::TensorMap* weights_override = nullptr,
                       const nlohmann::json& extra_config = nlohmann::json::object());
 
-// Saves checkpoint-<state.global_step> under output_dir. Prunes first so that at most
-// `total_limit` checkpoints exist afterwards. Returns the checkpoint path.
+// Saves checkpoint-<state.global_step> in the output folder, then prunes the oldest checkpoints
+// t2i wrote there to `total_limit` + 1 (the original prunes first, which leaves no checkpoint at
+// all when a save with a limit of 1 is interrupted or fails). The one extra, the previous newest,
+// goes at confirm time: weights that diverge still give a finite loss on their last step and a
+// NaN only on the next one, so a checkpoint is trusted once a later step's loss was finite
+// (then prune_checkpoints(out, total_limit)); if that step's loss is not finite, the checkpoint
+// is set aside (quarantine_checkpoint) and the previous one, still there, stays `latest`.
+// Refuses, before writing anything, weights (UNet or EMA) that hold NaN or infinity. A failed
+// save removes its temporary folder and throws naming the last complete checkpoint. Returns
+// the path.
 // `optimizer_state`: AdamW::state_dict() (or, under ZeRO-1, the shards merged on rank 0).
-std::string save_checkpoint(const std::string& output_dir, const models::UNet2DConditionModel& unet,
+std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DConditionModel& unet,
                             const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
                             std::optional<int64_t> total_limit);
 
+// Deletes the oldest checkpoint-N folders t2i wrote in `out` until `keep` remain.
+void prune_checkpoints(io::OutputFolder& out, int64_t keep);
+
+// Renames checkpoint-<step> to checkpoint-<step>-diverged (kept for inspection, no longer
+// `latest`); returns the new path, or "" when there is no such checkpoint of t2i's.
+std::string quarantine_checkpoint(io::OutputFolder& out, int64_t step);
+
+// Throws naming `what` and the first parameter with a NaN or infinite value.
+void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const std::string& what);
+
 // Complete checkpoint folders (checkpoint-<N>) in output_dir, oldest first.
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir);
+
+// Opens --output_dir for a training run (rank 0): refuses the base model folder, the dataset
+// folder or a folder inside either; locks it (io::OutputFolder); refuses files there that t2i
+// would write over but did not write; and refuses to start a new run (no
+// --resume_from_checkpoint) over an earlier run's checkpoints or saved model.
+// `names`: the top-level entries the run will write besides checkpoint-N folders.
+std::unique_ptr<io::OutputFolder> open_output_dir(const std::string& output_dir,
+                                                  const std::string& base_model,
+                                                  const std::string& dataset_root, bool resuming,
+                                                  const std::set<std::string>& names);
 
 // `latest` (newest in output_dir, or nullopt when there is none), `checkpoint-N` (inside
 // output_dir) or a path. A named checkpoint that does not exist is an error.
@@ -66,6 +98,10 @@ int64_t convert_loader_batch(int64_t batch, int64_t saved_world, int64_t saved_b
 
 // Picks this process's part of a full optimizer state (ZeRO-1); empty = all of it.
 using OptimizerStateFilter = std::function<TensorMap(const TensorMap&)>;
+
+// Reads a checkpoint's training_state.json, checking every value's type and range (a damaged
+// or hand-edited file is an error naming the file and key, never a crash later in resume).
+TrainerState read_trainer_state(const std::string& file);
 
 // Restores weights, EMA, optimizer, generator; returns the trainer state.
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,

@@ -29,6 +29,7 @@
 #include "tokenizer/clip_tokenizer.h"
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
+#include "training/divergence.h"
 #include "training/ema.h"
 #include "training/loss.h"
 #include "training/lr_schedule.h"
@@ -74,17 +75,18 @@ torch::ScalarType weight_dtype_of(const TrainConfig& c) {
 
 data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {
     data::DatasetConfig d;
-    d.dataset_name            = c.dataset_name.value_or("");
-    d.train_data_dir          = c.dataset_name ? "" : c.train_data_dir.value_or("");
-    d.image_column            = c.image_column;
-    d.caption_column          = c.caption_column;
-    d.max_train_samples       = c.max_train_samples.value_or(-1);
-    d.seed                    = seed;
-    d.transform.resolution    = c.resolution;
-    d.transform.center_crop   = c.center_crop;
-    d.transform.random_flip   = c.random_flip;
-    d.transform.interpolation = data::parse_interpolation_mode(c.image_interpolation_mode);
-    d.text_clean              = tokenizer::parse_clean_mode(c.text_clean);
+    d.dataset_name                = c.dataset_name.value_or("");
+    d.train_data_dir              = c.dataset_name ? "" : c.train_data_dir.value_or("");
+    d.image_column                = c.image_column;
+    d.caption_column              = c.caption_column;
+    d.max_train_samples           = c.max_train_samples.value_or(-1);
+    d.seed                        = seed;
+    d.transform.resolution        = c.resolution;
+    d.transform.center_crop       = c.center_crop;
+    d.transform.random_flip       = c.random_flip;
+    d.transform.interpolation     = data::parse_interpolation_mode(c.image_interpolation_mode);
+    d.text_clean                  = tokenizer::parse_clean_mode(c.text_clean);
+    d.allow_paths_outside_dataset = c.allow_paths_outside_dataset;
     return d;
 }
 
@@ -116,30 +118,44 @@ models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const T
 
 // Final pipeline folder: the trained (EMA) UNet plus the base model's other components copied
 // unchanged (original precision), the scheduler config with the effective prediction_type.
-void save_final_model(const TrainConfig& c, const models::UNet2DConditionModel& unet,
+// Only entries t2i may write (io::OutputFolder) are replaced; NaN weights are never saved.
+void save_final_model(const TrainConfig& c, io::OutputFolder& out,
+                      const models::UNet2DConditionModel& unet,
                       const std::string& prediction_type) {
+    std::vector<std::pair<std::string, torch::Tensor>> weights;
+    for (const auto& p : unet->named_parameters()) weights.emplace_back(p.key(), p.value());
+    check_finite(weights, "the trained UNet");
     const std::string& base = c.pretrained_model_name_or_path;
-    const std::string& out  = c.output_dir;
     const auto index        = pipeline::read_model_index(base);
     const std::string pid   = std::to_string(::getpid());
     for (const auto& [name, lib_cls] : index.components) {
         if (name == "unet" || name == "scheduler" || !io::dir_exists(base + "/" + name)) continue;
         const bool has_weights = name == "vae" || name == "text_encoder";
-        pipeline::copy_component(base + "/" + name, out + "/" + name,
+        out.claim(name);
+        pipeline::copy_component(base + "/" + name, out.file(name),
                                  has_weights ? c.variant.value_or("") : "");
     }
     // scheduler: the base inference scheduler's config with the prediction type trained for.
-    auto sched                  = io::read_json(base + "/scheduler/scheduler_config.json").json();
-    sched["prediction_type"]    = prediction_type;
-    const std::string sched_tmp = out + "/scheduler.tmp-" + pid;
+    auto sched               = io::read_json(base + "/scheduler/scheduler_config.json").json();
+    sched["prediction_type"] = prediction_type;
+    out.claim("scheduler");
+    const std::string sched_tmp = out.file("scheduler.tmp-" + pid);
     fs::create_directories(sched_tmp);
-    io::write_text_atomic(sched_tmp + "/scheduler_config.json", sched.dump(2) + "\n");
-    pipeline::move_dir_into_place(sched_tmp, out + "/scheduler");
-    const std::string unet_tmp = out + "/unet.tmp-" + pid;
-    save_unet_folder(unet_tmp, *unet, unet->config.raw);
-    pipeline::move_dir_into_place(unet_tmp, out + "/unet");
+    io::write_text_atomic(sched_tmp + "/scheduler_config.json", io::dump_json(sched, 2) + "\n");
+    pipeline::move_dir_into_place(sched_tmp, out.file("scheduler"));
+    out.claim("unet");
+    const std::string unet_tmp = out.file("unet.tmp-" + pid);
+    try {
+        save_unet_folder(unet_tmp, *unet, unet->config.raw);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove_all(unet_tmp, ec);
+        throw;
+    }
+    pipeline::move_dir_into_place(unet_tmp, out.file("unet"));
     // model_index.json last: its presence means the folder is complete.
-    io::write_text_atomic(out + "/model_index.json", index.raw.json().dump(2) + "\n");
+    out.claim("model_index.json");
+    io::write_text_atomic(out.file("model_index.json"), io::dump_json(index.raw.json(), 2) + "\n");
 }
 
 }  // namespace
@@ -179,8 +195,8 @@ TrainResult train(const TrainConfig& c) {
             "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
     const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     const std::string& base = c.pretrained_model_name_or_path;
-    pipeline::check_model_dir(base);
-    DataParallel dp(c, world, device);  // one process, or the torchrun world
+    pipeline::read_pipeline_index(base);  // a complete Stable Diffusion folder
+    DataParallel dp(c, world, device);    // one process, or the torchrun world
     const int W         = dp.world_size();
     const bool is_main  = dp.is_main();
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
@@ -208,6 +224,26 @@ TrainResult train(const TrainConfig& c) {
     data::DataLoader loader(dataset, lc);
     dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
 
+    // The output folder (rank 0 writes it, the others wait): locked for this run, never the
+    // inputs, no file t2i did not write in its way, no earlier run's work overwritten.
+    std::unique_ptr<io::OutputFolder> out;
+    const std::string logs_entry = fs::path(c.logging_dir).lexically_normal().begin()->string();
+    dist::main_process_first(
+        dp.group(),
+        [&] {
+            if (!is_main) return;
+            out = open_output_dir(c.output_dir, base, dataset->root(),
+                                  c.resume_from_checkpoint.has_value(),
+                                  {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
+                                   "scheduler", "train_config.json", "validation", logs_entry});
+            for (const auto& name :
+                 {std::string("train_config.json"), logs_entry, std::string("validation")})
+                out->claim(name);
+            io::write_text_atomic(out->file("train_config.json"),
+                                  io::dump_json(c.to_json(), 2) + "\n");
+        },
+        "preparing --output_dir");
+
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
     //    UNet trains in fp32.
     schedulers::DDPMScheduler noise_scheduler(schedulers::SchedulerConfig::from_json(
@@ -221,6 +257,8 @@ TrainResult train(const TrainConfig& c) {
     for (auto& p : text_encoder->parameters()) p.requires_grad_(false);
     for (auto& p : vae->parameters()) p.requires_grad_(false);
     auto unet = load_trainable_unet(base + "/unet", c, device);
+    pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
+                                   base);
     unet->train();
     if (c.gradient_checkpointing) unet->enable_gradient_checkpointing(true);
     if (c.allow_tf32 && device.is_cuda()) {
@@ -246,7 +284,12 @@ TrainResult train(const TrainConfig& c) {
     //    from max_train_steps; --scale_lr counts the processes.
     const int64_t GA              = c.gradient_accumulation_steps;
     const int64_t steps_per_epoch = (loader.batches_per_epoch() + GA - 1) / GA;
-    const int64_t max_steps  = c.max_train_steps.value_or(c.num_train_epochs * steps_per_epoch);
+    int64_t epoch_steps           = 0;
+    if (__builtin_mul_overflow(c.num_train_epochs, steps_per_epoch, &epoch_steps))
+        throw FlagError("--num_train_epochs " + std::to_string(c.num_train_epochs) + " x " +
+                        std::to_string(steps_per_epoch) +
+                        " steps per epoch is too many steps; give --max_train_steps");
+    const int64_t max_steps  = c.max_train_steps.value_or(epoch_steps);
     const int64_t num_epochs = (max_steps + steps_per_epoch - 1) / steps_per_epoch;
     const double lr = c.learning_rate * (c.scale_lr ? double(GA * c.train_batch_size * W) : 1.0);
 
@@ -300,7 +343,13 @@ TrainResult train(const TrainConfig& c) {
                     "seen again)",
                     (long long)saved_w, (long long)saved_b, (long long)(batch * W * B),
                     (long long)seen, (long long)(seen - batch * W * B));
-            loader.seek(state.loader.epoch, batch);
+            try {
+                loader.seek(state.loader.epoch, batch);
+            } catch (const std::exception& e) {
+                throw std::runtime_error("checkpoint '" + *path +
+                                         "/training_state.json': " + e.what() +
+                                         "; was the dataset changed since the checkpoint?");
+            }
             global_step = state.global_step;
             log_info("resumed from %s at step %lld", path->c_str(), (long long)global_step);
         }
@@ -310,15 +359,6 @@ TrainResult train(const TrainConfig& c) {
     // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
     // gradient hooks.
     dp.broadcast_and_hook(param_list, c.ddp_bucket_cap_mb);
-    dist::main_process_first(
-        dp.group(),
-        [&] {
-            fs::create_directories(c.output_dir);
-            if (is_main)
-                io::write_text_atomic(c.output_dir + "/train_config.json",
-                                      c.to_json().dump(2) + "\n");
-        },
-        "preparing --output_dir");
     log_info(
         "%lld samples, %lld batches/epoch, %lld epochs, %lld optimizer steps, batch %lld x "
         "accumulation %lld x %d process(es), seed %llu",
@@ -333,8 +373,8 @@ TrainResult train(const TrainConfig& c) {
         tensorboard      = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
         auto config_json = c.to_json();
         config_json.erase("validation_prompts");  // as the original's init_trackers
-        tensorboard->add_text(c.tracker_project_name, "```\n" + config_json.dump(2) + "\n```",
-                              global_step);
+        tensorboard->add_text(c.tracker_project_name,
+                              "```\n" + io::dump_json(config_json, 2) + "\n```", global_step);
     }
     pipeline::StableDiffusionPipeline validation_pipe(unet, vae, text_encoder, tokenizer);
     // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
@@ -350,8 +390,11 @@ TrainResult train(const TrainConfig& c) {
     if (is_main)
         progress =
             std::make_unique<ProgressReporter>(max_steps, global_step, c.logging_steps, metrics);
+    // Steps whose loss is not finite: skipped, no checkpoint, and the run stops after a few.
+    DivergenceGuard divergence(c, out.get());
     // A checkpoint; collective under ZeRO-1 (the state shards are gathered on rank 0).
     auto save = [&] {
+        if (!divergence.may_checkpoint(global_step)) return;  // every rank agrees
         const TensorMap optimizer_state = dp.checkpoint_optimizer_state(*optimizer);
         if (!is_main) return;
         TrainerState s;
@@ -363,8 +406,9 @@ TrainResult train(const TrainConfig& c) {
                            {"world_size", W},
                            {"train_batch_size", c.train_batch_size}};
         s.config        = c.to_json();
-        const auto path = save_checkpoint(c.output_dir, unet, ema.get(), optimizer_state, generator,
-                                          s, c.checkpoints_total_limit);
+        const auto path = save_checkpoint(*out, unet, ema.get(), optimizer_state, generator, s,
+                                          c.checkpoints_total_limit);
+        divergence.checkpoint_written(global_step);
         progress->message("saved " + path);
     };
 
@@ -432,13 +476,16 @@ TrainResult train(const TrainConfig& c) {
         const double grad_norm = clip_grad_norm(param_list, c.max_grad_norm).item<double>();
         const double step_lr   = schedule.get_lr();
         optimizer->set_lr(step_lr);
+        // A NaN / infinite loss or gradient never reaches the weights (training/divergence.h).
+        const bool finite = DivergenceGuard::finite(loss_sum, grad_norm, scaler.is_enabled());
         // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).
-        if (scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
+        if (finite && scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
         scaler.update();
         optimizer->zero_grad();
         dp.after_optimizer_step(param_list);  // ZeRO-1: owners broadcast their parameters
-        if (ema) ema->step(params);
+        if (ema && finite) ema->step(params);
         ++global_step;
+        divergence.after_step(global_step, finite, loss_sum / double(GA), grad_norm);
         // ---- end of optimizer step ----
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -466,6 +513,7 @@ TrainResult train(const TrainConfig& c) {
             stop_signal || (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
         if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
         if (stop && global_step < max_steps) {
+            divergence.finish(/*stopping=*/true);
             if (progress) progress->finish();
             log_warn(
                 "stopped at step %lld (%s); continue with: t2i train <same flags> "
@@ -487,9 +535,10 @@ TrainResult train(const TrainConfig& c) {
         log_warn("skipped %lld unreadable samples", (long long)loader.skipped());
 
     // 7. Save (rank 0): EMA weights into the UNet, then the pipeline folder.
+    divergence.finish(/*stopping=*/false);  // throws after a non-finite last step
     if (!is_main) return TrainResult::kFinished;
     if (ema) ema->copy_to(params);
-    save_final_model(c, unet, prediction_type);
+    save_final_model(c, *out, unet, prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
     return TrainResult::kFinished;
 }
