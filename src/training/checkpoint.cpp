@@ -26,7 +26,7 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
     fs::create_directories(dir);
     nlohmann::json cfg = config;
     for (const auto& [k, v] : extra_config.items()) cfg[k] = v;
-    io::write_text_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+    io::write_text_atomic(dir + "/config.json", io::dump_json(cfg, 2) + "\n");
     if (weights_override) {
         io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", *weights_override);
     } else {

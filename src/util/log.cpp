@@ -13,6 +13,7 @@
 namespace t2i {
 
 static int g_rank = 0, g_world_size = 1;
+static bool g_quiet = false;
 
 static std::string vstrformat(const char* fmt, va_list ap) {
     va_list ap2;
@@ -29,8 +30,11 @@ void set_log_rank(int rank, int world_size) {
     g_world_size = world_size;
 }
 
+void set_log_quiet(bool quiet) { g_quiet = quiet; }
+
 static void vlog(const char* level, const char* fmt, va_list ap) {
     if (g_rank != 0 && level[0] == 'i') return;  // info only from rank 0
+    if (g_quiet && level[0] != 'e') return;
     // One write per line, so lines of several processes sharing a terminal never interleave.
     std::string line = g_world_size > 1 ? strformat("[t2i %s rank %d] ", level, g_rank)
                                         : strformat("[t2i %s] ", level);

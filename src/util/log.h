@@ -15,6 +15,9 @@ void log_error(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // warnings and errors (as accelerate's logger on the main process).
 void set_log_rank(int rank, int world_size);
 
+// Only errors are printed (fuzz targets, which call the parsers millions of times).
+void set_log_quiet(bool quiet);
+
 // printf into a std::string; used to build error messages.
 std::string strformat(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
