@@ -431,5 +431,37 @@ TEST(DemoData, AnExistingDatasetIsNeverReplaced) {
     EXPECT_EQ(io::read_text_file(dir.file("m/unet/mine.txt")), "x");
 }
 
+TEST(Generate, NeverWritesIntoAModelOrOverAFileOfAnotherKind) {
+    TempDir dir;
+    const auto model = dir.file("model");
+    fs::copy(fixture("tiny-sd1"), model, fs::copy_options::recursive);
+    const auto before = snapshot(model);
+    auto generate     = [&](const std::vector<std::string>& extra) {
+        std::vector<std::string> args = {
+            "generate", "--model", model, "--prompt", "x", "--num_inference_steps", "1"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        return run_t2i(args);
+    };
+    auto r = generate({"--output", dir.file("a.png"), "--save_latents",
+                       model + "/unet/diffusion_pytorch_model.safetensors"});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--save_latents '" + model +
+                         "/unet/diffusion_pytorch_model.safetensors' is inside the model folder"),
+              std::string::npos)
+        << r.out;
+    EXPECT_EQ(snapshot(model), before);
+    std::ofstream(dir.file("notes.png")) << "my notes";
+    r = generate({"--output", dir.file("notes.png")});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("exists and is not a PNG image"), std::string::npos) << r.out;
+    EXPECT_EQ(io::read_text_file(dir.file("notes.png")), "my notes");
+    // Its own outputs are replaced when generating again.
+    for (int i = 0; i < 2; ++i)
+        EXPECT_EQ(
+            generate({"--output", dir.file("out.png"), "--save_latents", dir.file("l.safetensors")})
+                .code,
+            0);
+}
+
 }  // namespace
 }  // namespace t2i

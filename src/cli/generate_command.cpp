@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -11,6 +11,7 @@
 #include "io/image_io.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "io/text.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
 #include "util/log.h"
@@ -30,13 +31,61 @@ struct GenerateFlags {
 };
 
 std::vector<std::string> read_prompt_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot read --prompt_file '" + path + "'");
+    std::istringstream in(io::read_utf8_file(path, io::kMaxConfigFileBytes));
     std::vector<std::string> out;
     for (std::string line; std::getline(in, line);)
         if (!line.empty() && line.find_first_not_of(" \t\r") != std::string::npos)
             out.push_back(line);
     return out;
+}
+
+// "/000000.png", ...: image i of a folder --output.
+std::string image_name(int64_t i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/%06lld.png", (long long)i);
+    return name;
+}
+
+bool is_png_file(const std::string& path) {
+    try {
+        const io::MappedFile file(path);
+        return file.bytes().substr(0, 8) == "\x89PNG\r\n\x1a\n";
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+bool is_latents_file(const std::string& path) {
+    try {
+        const io::SafetensorsFile file(path);
+        return file.tensors().size() == 1 && file.contains("latents");
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+// generate writes images and a latents file, and never where that would destroy something
+// else: not inside a model folder it reads, and over an existing file only if it is of the
+// kind it writes (regenerating out.png replaces out.png; a weights file is never replaced).
+void check_output_path(const std::string& path, const char* flag, const char* kind,
+                       bool (*same_kind)(const std::string&),
+                       const std::vector<std::string>& model_dirs) {
+    namespace fs         = std::filesystem;
+    const fs::path where = fs::weakly_canonical(fs::absolute(path));
+    for (const auto& dir : model_dirs) {
+        if (dir.empty() || !io::dir_exists(dir)) continue;
+        const fs::path model = fs::canonical(dir);
+        auto m = model.begin(), w = where.begin();
+        for (; m != model.end() && w != where.end() && *m == *w; ++m, ++w) {
+        }
+        if (m == model.end())
+            throw UsageError(std::string(flag) + " '" + path + "' is inside the model folder '" +
+                             dir + "'; write the output elsewhere");
+    }
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(path, ec)) && !same_kind(path))
+        throw UsageError(std::string(flag) + " '" + path + "' exists and is not " + kind +
+                         "; t2i does not replace it: choose another name");
 }
 
 // The folder whose unet/ (or a checkpoint's unet_ema/, else unet/) is used, and the folder with
@@ -119,6 +168,26 @@ int generate_command(const std::vector<std::string>& args) {
         if (pos != f.seed.size() || f.seed[0] == '-')
             throw UsageError("--seed: expected an integer 0 .. 2^64-1, got '" + f.seed + "'");
     }
+    // Where the outputs go, checked before any work.
+    const std::vector<std::string> model_dirs = {f.model, f.base_model};
+    const int64_t n_images = static_cast<int64_t>(f.prompt.size()) * f.num_images_per_prompt;
+    const bool is_png      = f.output.size() > 4 && f.output.substr(f.output.size() - 4) == ".png";
+    if (is_png && n_images > 1)
+        throw UsageError("--output " + f.output + " is one file but " + std::to_string(n_images) +
+                         " images will be made; give a folder");
+    if (is_png) {
+        check_output_path(f.output, "--output", "a PNG image", is_png_file, model_dirs);
+    } else {
+        if (io::file_exists(f.output))
+            throw UsageError("--output '" + f.output +
+                             "' is a file, not a folder; give a folder or a .png file");
+        for (int64_t i = 0; i < n_images; ++i)
+            check_output_path(f.output + image_name(i), "--output", "a PNG image", is_png_file,
+                              model_dirs);
+    }
+    if (!f.save_latents.empty())
+        check_output_path(f.save_latents, "--save_latents", "a latents file written by t2i",
+                          is_latents_file, model_dirs);
     set_num_threads(static_cast<int>(f.num_threads));
 
     const auto [unet_dir, base] = resolve_folders(f);
@@ -150,11 +219,7 @@ int generate_command(const std::vector<std::string>& args) {
     if (!f.save_latents.empty())
         io::save_safetensors(f.save_latents,
                              {{"latents", result.latents.to(torch::kFloat32).contiguous()}});
-    const int64_t n   = result.images.size(0);
-    const bool is_png = f.output.size() > 4 && f.output.substr(f.output.size() - 4) == ".png";
-    if (is_png && n > 1)
-        throw UsageError("--output " + f.output + " is one file but " + std::to_string(n) +
-                         " images were made; give a folder");
+    const int64_t n = result.images.size(0);
     if (is_png) {
         io::write_png(f.output, result.images[0]);
         std::printf("%s\n", f.output.c_str());
@@ -162,10 +227,8 @@ int generate_command(const std::vector<std::string>& args) {
     }
     std::filesystem::create_directories(f.output);
     for (int64_t i = 0; i < n; ++i) {
-        char name[32];
-        std::snprintf(name, sizeof name, "/%06lld.png", (long long)i);
-        io::write_png(f.output + name, result.images[i]);
-        std::printf("%s%s\t%s\n", f.output.c_str(), name,
+        io::write_png(f.output + image_name(i), result.images[i]);
+        std::printf("%s%s\t%s\n", f.output.c_str(), image_name(i).c_str(),
                     o.prompts[static_cast<size_t>(i / o.num_images_per_prompt)].c_str());
     }
     return 0;
