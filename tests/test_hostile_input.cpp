@@ -392,6 +392,12 @@ TEST(TrainConfig, EveryNumericFlagIsRangeCheckedEvenWhenCalledDirectly) {
     rejects([&](auto& c) { c.num_threads = 1000000; }, "num_threads");
     rejects([&](auto& c) { c.dataloader_num_workers = 100000; }, "dataloader_num_workers");
     rejects([&](auto& c) { c.resolution = 1 << 20; }, "resolution");
+    rejects(  // 40 TB of pixels: refused before anything is loaded, not by the OOM killer
+        [&](auto& c) {
+            c.train_batch_size = 60000;
+            c.resolution       = 16384;
+        },
+        "train_batch_size");
     rejects([&](auto& c) { c.logging_dir = "../../elsewhere"; }, "logging_dir");
     rejects([&](auto& c) { c.logging_dir = "/abs"; }, "logging_dir");
     rejects([&](auto& c) { c.output_dir = ""; }, "output_dir");

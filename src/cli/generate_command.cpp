@@ -15,6 +15,7 @@
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
 #include "util/log.h"
+#include "util/machine.h"
 #include "util/torch_compat.h"
 
 namespace t2i::cli {
@@ -188,6 +189,9 @@ int generate_command(const std::vector<std::string>& args) {
     if (!f.save_latents.empty())
         check_output_path(f.save_latents, "--save_latents", "a latents file written by t2i",
                           is_latents_file, model_dirs);
+    if (f.num_threads < 0 || f.num_threads > max_useful_threads())
+        throw UsageError("--num_threads must be in [0, " + std::to_string(max_useful_threads()) +
+                         "] (0 = all cores), got " + std::to_string(f.num_threads));
     set_num_threads(static_cast<int>(f.num_threads));
 
     const auto [unet_dir, base] = resolve_folders(f);
@@ -199,6 +203,15 @@ int generate_command(const std::vector<std::string>& args) {
     auto tokenizer    = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    f.model);
+    // The decoded images (float32) alone beyond the machine's memory: refused before sampling.
+    const int64_t side = unet->config.sample_size * vae->config.vae_scale_factor();
+    const int64_t h = f.height > 0 ? f.height : side, w = f.width > 0 ? f.width : side;
+    if (const double ram = double(physical_memory_bytes());
+        ram > 0 && double(n_images) * 3.0 * double(h) * double(w) * 4.0 > ram)
+        throw UsageError(
+            strformat("%lld images of %lld x %lld pixels do not fit in this machine's "
+                      "memory; make fewer per run (--num_images_per_prompt, prompts)",
+                      (long long)n_images, (long long)h, (long long)w));
     auto pipe      = pipeline::StableDiffusionPipeline(unet, vae, text_encoder, tokenizer);
     auto scheduler = schedulers::make_scheduler(
         f.scheduler, io::read_json(base + "/scheduler/scheduler_config.json"));

@@ -14,6 +14,7 @@
 #include "schedulers/ddpm.h"
 #include "tokenizer/clip_tokenizer.h"
 #include "util/log.h"
+#include "util/machine.h"
 #include "util/torch_compat.h"
 
 namespace t2i::cli {
@@ -123,6 +124,9 @@ int inspect_command(const std::vector<std::string>& args) {
     if (!parser.parse(args)) return 0;
     if (dirs.size() != 1)
         throw UsageError("expected exactly one DIR, got " + std::to_string(dirs.size()));
+    if (num_threads < 0 || num_threads > max_useful_threads())
+        throw UsageError("--num_threads must be in [0, " + std::to_string(max_useful_threads()) +
+                         "] (0 = all cores), got " + std::to_string(num_threads));
     set_num_threads(num_threads);
 
     const std::string dir = dirs[0];

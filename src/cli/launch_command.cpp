@@ -22,6 +22,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/machine.h"
 
 namespace t2i::cli {
 
@@ -72,8 +73,11 @@ int launch_command(const std::vector<std::string>& args) {
     p.add_positionals(&command, "COMMAND", "The program and its arguments, after --.", 1);
     if (!p.parse(args)) return 0;
     // Bounded so that ranks (node_rank x nproc + local) and the world size fit in an int.
-    if (nproc < 1 || nproc > 1024)
-        throw UsageError("--nproc_per_node must be in [1, 1024], got " + std::to_string(nproc));
+    if (nproc < 1 || nproc > max_useful_threads())
+        throw UsageError(
+            "--nproc_per_node must be in [1, " + std::to_string(max_useful_threads()) +
+            "] on this machine (4 per core; each process loads the whole model), got " +
+            std::to_string(nproc));
     if (nnodes < 1 || nnodes > (1 << 20))
         throw UsageError("--nnodes must be in [1, 1048576], got " + std::to_string(nnodes));
     if (node_rank < 0 || node_rank >= nnodes)

@@ -1,16 +1,15 @@
 // Implements: models/config_limits.h.
 #include "models/config_limits.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <stdexcept>
+
+#include "util/machine.h"
 
 namespace t2i::models {
 
 void check_parameter_budget(const io::JsonConfig& config, double parameters) {
-    const double pages = static_cast<double>(::sysconf(_SC_PHYS_PAGES));
-    const double ram   = pages * static_cast<double>(::sysconf(_SC_PAGESIZE));
+    const double ram   = static_cast<double>(physical_memory_bytes());
     const double bytes = parameters * 4.0;
     if (ram <= 0 || bytes <= ram) return;
     char msg[256];

@@ -7,8 +7,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
-#include <thread>
 #include <type_traits>
+
+#include "util/log.h"
+#include "util/machine.h"
 
 namespace t2i::training {
 
@@ -81,11 +83,21 @@ void TrainConfig::validate() const {
         "image_interpolation_mode", image_interpolation_mode,
         {"nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos"});
     if (max_train_samples) require_range("max_train_samples", double(*max_train_samples), 1, 1e15);
-    // More threads than 4 per core only oversubscribe the machine (and each costs a stack).
-    const double threads = std::max(8.0, 4.0 * std::thread::hardware_concurrency());
+    const double threads = max_useful_threads();
     require_range("dataloader_num_workers", double(dataloader_num_workers), 0, threads);
     require_range("num_threads", double(num_threads), 0, threads);
     require_range("train_batch_size", double(train_batch_size), 1, 65536);
+    // The batch's pixels alone (float32) beyond the machine's memory can never train; activations
+    // take many times more, so this only catches the impossible, before anything is loaded.
+    const double pixels_bytes =
+        double(train_batch_size) * 3.0 * double(resolution) * double(resolution) * 4.0;
+    if (const double ram = double(physical_memory_bytes()); ram > 0 && pixels_bytes > ram)
+        bad("train_batch_size",
+            strformat("%lld images of %lld x %lld pixels take %.1f GB as float32 tensors alone, "
+                      "more than this machine's %.1f GB of memory; lower --train_batch_size or "
+                      "--resolution (--gradient_accumulation_steps keeps the effective batch)",
+                      (long long)train_batch_size, (long long)resolution, (long long)resolution,
+                      pixels_bytes / 1e9, ram / 1e9));
     require_range("num_train_epochs", double(num_train_epochs), 1, kMaxCount);
     if (max_train_steps) require_range("max_train_steps", double(*max_train_steps), 1, kMaxCount);
     require_range("gradient_accumulation_steps", double(gradient_accumulation_steps), 1, 1e6);
