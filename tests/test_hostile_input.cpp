@@ -312,6 +312,18 @@ TEST(ModelDir, ModelIndexMustBeAnObjectListingEveryComponent) {
     }
 }
 
+TEST(ModelDir, AShardIndexNeverNamesAFileOutsideItsFolder) {
+    TempDir dir;
+    fs::create_directories(dir.file("unet"));
+    for (const std::string& shard : {"../secret.safetensors", "/etc/passwd", "sub/x.safetensors"}) {
+        std::ofstream(dir.file("unet/diffusion_pytorch_model.safetensors.index.json"))
+            << json{{"weight_map", {{"conv_in.weight", shard}}}}.dump();
+        expect_error(
+            [&] { pipeline::find_weight_files(dir.file("unet"), "diffusion_pytorch_model", ""); },
+            {"weight_map entry 'conv_in.weight'", shard, "a file in the same folder"});
+    }
+}
+
 TEST(ModelDir, ComponentsThatDoNotFitTogetherAreNamedBeforeAnyForwardPass) {
     const std::string m = fixture("tiny-sd1");
     const auto unet =

@@ -115,10 +115,13 @@ std::vector<std::string> shards_from_index(const std::string& index_path) {
     if (!map.is_object())
         throw std::runtime_error("'" + index_path + "': missing object 'weight_map'");
     for (const auto& [key, file] : map.items()) {
-        if (!file.is_string())
-            throw std::runtime_error("'" + index_path + "': weight_map entry '" + key +
-                                     "' is not a file name");
-        files.insert(file.get<std::string>());
+        // A shard is a file beside the index, never a path elsewhere ("../../x", "/etc/x").
+        const std::string name = file.is_string() ? file.get<std::string>() : "";
+        if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+            throw std::runtime_error("'" + index_path + "': weight_map entry '" + key + "' is " +
+                                     io::dump_json(file) +
+                                     ", expected the name of a file in the same folder");
+        files.insert(name);
     }
     const std::string dir = fs::path(index_path).parent_path().string();
     std::vector<std::string> out;
