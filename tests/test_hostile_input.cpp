@@ -469,6 +469,14 @@ TEST(CaptionDataset, ImagePathsThatLeaveTheDatasetFolderAreRefusedUnlessAllowed)
                  {data + "/sub/up", "outside the dataset folder", "--allow_paths_outside_dataset"});
     cfg.allow_paths_outside_dataset = true;  // then followed, each folder once
     EXPECT_EQ(data::index_dataset(cfg).records.size(), 2u);
+    // The Hugging Face cache keeps a snapshot's files as links into the repository's blobs/.
+    const std::string repo = dir.file("hub/datasets--org--shapes"), snap = repo + "/snapshots/abc";
+    fs::create_directories(repo + "/blobs");
+    fs::create_directories(snap);
+    io::write_png(repo + "/blobs/0a1b", testing::random_image(8, 8, 3));
+    fs::create_symlink("../../blobs/0a1b", snap + "/x.png");
+    std::ofstream(snap + "/metadata.jsonl") << json{{"file_name", "x.png"}, {"text", "a"}}.dump();
+    EXPECT_EQ(data::index_dataset(dataset_config(snap)).records.size(), 1u);
     // A .jsonl of records: the root is the file's folder.
     std::ofstream(data + "/records.jsonl")
         << json{{"image", "../secret.png"}, {"text", "x"}}.dump();

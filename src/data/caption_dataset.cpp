@@ -57,10 +57,30 @@ bool is_inside(const fs::path& path, const fs::path& root) {
     return r == root.end() && p != path.end();
 }
 
+// Whether `real` (canonical) lies in the dataset: inside its root, or, for a dataset in the
+// Hugging Face cache, inside that repository's blobs/ (the cache keeps a snapshot's files as
+// links: hub/datasets--org--name/snapshots/<rev>/x.png -> ../../blobs/<sha256>).
+bool within_dataset(const fs::path& real, const DatasetIndex& index) {
+    return is_inside(real, index.root) ||
+           (!index.linked_root.empty() && is_inside(real, index.linked_root));
+}
+
+// The blobs/ folder of a Hugging Face cache repository that `root` is a snapshot (or a folder
+// of a snapshot) of, or "".
+std::string hf_cache_blobs(const fs::path& root) {
+    for (fs::path p = root; p.has_relative_path(); p = p.parent_path()) {
+        const fs::path repo = p.parent_path().parent_path();
+        std::error_code ec;
+        if (p.parent_path().filename() == "snapshots" && fs::is_directory(repo / "blobs", ec))
+            return (repo / "blobs").string();
+    }
+    return "";
+}
+
 // Every regular file below `dir`, as HF's imagefolder finds them: hidden names skipped, links to
 // folders followed, but each folder walked once (a link cycle is not an endless walk) and,
-// unless allowed, never into a folder outside the dataset root.
-void walk(const fs::path& dir, const fs::path& root, bool allow_outside,
+// unless allowed, never into a folder outside the dataset.
+void walk(const fs::path& dir, const DatasetIndex& index, bool allow_outside,
           std::set<std::pair<uint64_t, uint64_t>>* seen, std::vector<fs::path>* files) {
     struct stat st {};
     if (::stat(dir.c_str(), &st) != 0 || !seen->insert({st.st_dev, st.st_ino}).second) return;
@@ -69,12 +89,13 @@ void walk(const fs::path& dir, const fs::path& root, bool allow_outside,
         if ((name.size() > 1 && name[0] == '.') || name.rfind("__", 0) == 0) continue;
         std::error_code ec;
         if (e.is_directory(ec)) {
-            if (e.is_symlink(ec) && !allow_outside && !is_inside(fs::canonical(e.path()), root))
+            if (e.is_symlink(ec) && !allow_outside &&
+                !within_dataset(fs::canonical(e.path()), index))
                 throw std::runtime_error(
                     "'" + e.path().string() + "' links to '" + fs::canonical(e.path()).string() +
-                    "', outside the dataset folder '" + root.string() +
+                    "', outside the dataset folder '" + index.root +
                     "'; pass --allow_paths_outside_dataset if reading files there is intended");
-            walk(e.path(), root, allow_outside, seen, files);
+            walk(e.path(), index, allow_outside, seen, files);
         } else if (e.is_regular_file(ec)) {
             files->push_back(e.path());
         }
@@ -85,7 +106,7 @@ std::vector<fs::path> list_files(const fs::path& dir, const DatasetConfig& cfg,
                                  const DatasetIndex& index) {
     std::vector<fs::path> files;
     std::set<std::pair<uint64_t, uint64_t>> seen;
-    walk(dir, index.root, cfg.allow_paths_outside_dataset, &seen, &files);
+    walk(dir, index, cfg.allow_paths_outside_dataset, &seen, &files);
     std::sort(files.begin(), files.end());
     return files;
 }
@@ -239,7 +260,7 @@ void check_inside_root(const std::string& path, const DatasetConfig& cfg, const 
     if (cfg.allow_paths_outside_dataset) return;
     std::error_code ec;
     const fs::path real = fs::canonical(path, ec);
-    if (ec || !is_inside(real, index.root))
+    if (ec || !within_dataset(real, index))
         throw std::runtime_error(at + ": image '" + path + "' lies outside the dataset folder '" +
                                  index.root + "'" +
                                  (ec || real == fs::absolute(path).lexically_normal()
@@ -452,7 +473,8 @@ DatasetIndex index_dataset(const DatasetConfig& cfg) {
     if (io::dir_exists(source) || io::file_exists(source)) {
         const fs::path folder =
             io::dir_exists(source) ? fs::path(source) : fs::absolute(source).parent_path();
-        index.root = fs::canonical(folder).string();
+        index.root        = fs::canonical(folder).string();
+        index.linked_root = hf_cache_blobs(index.root);
     }
     if (io::dir_exists(source)) {
         index_folder(source, cfg, &index);

@@ -55,6 +55,9 @@ struct DatasetIndex {
     // the folder of a data file. A path that leaves it (an absolute path, "../x.png", a link out
     // of the folder) is an error unless allow_paths_outside_dataset.
     std::string root;
+    // For a dataset in the Hugging Face cache (a snapshot folder), the repository's blobs/
+    // folder its files link to; "" otherwise.
+    std::string linked_root;
     std::vector<std::string> columns;  // as the script would see them
     std::vector<Record> records;       // after --max_train_samples
 };
