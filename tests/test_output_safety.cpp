@@ -209,6 +209,16 @@ TEST(Train, TheBaseModelOrTheDatasetAsOutputDirIsRefused) {
     expect_error<training::FlagError>([&] { training::train(c); }, {"inside the dataset folder"});
     EXPECT_EQ(snapshot(model), before);
     EXPECT_FALSE(fs::exists(data + "/run"));
+    // A record file lists its images: an output folder beside it is fine.
+    std::ofstream(data + "/records.jsonl")
+        << nlohmann::json{{"image", "img0.png"}, {"text", "x"}}.dump() << "\n"
+        << nlohmann::json{{"image", "img1.png"}, {"text", "y"}}.dump() << "\n";
+    c.pretrained_model_name_or_path = fixture("tiny-sd1");
+    c.train_data_dir.reset();
+    c.dataset_name    = data + "/records.jsonl";
+    c.max_train_steps = 1;
+    EXPECT_EQ(training::train(c), training::TrainResult::kFinished);
+    EXPECT_TRUE(io::file_exists(data + "/run/model_index.json"));
 }
 
 TEST(Train, ANewRunNeverOverwritesAnEarlierRunsWork) {

@@ -89,7 +89,8 @@ class CaptionDataset {
 
     int64_t size() const { return static_cast<int64_t>(index_.records.size()); }
     const Record& record(int64_t i) const { return index_.records.at(static_cast<size_t>(i)); }
-    const std::string& root() const { return index_.root; }  // DatasetIndex::root
+    const std::string& root() const { return index_.root; }      // DatasetIndex::root
+    const std::string& source() const { return index_.source; }  // the folder or file read
 
     // Decode + train_transform + tokenize record `i`. Draws from `rng` for the random crop and
     // flip (see train_transform), then for the caption choice when there are several. Thread

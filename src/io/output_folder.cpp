@@ -34,7 +34,8 @@ OutputFolder::OutputFolder(std::string dir) : dir_(std::move(dir)) {
         throw std::runtime_error("cannot create the output folder '" + dir_ +
                                  "': " + (ec ? ec.message() : "a file of that name exists"));
     const std::string lock = file(kLock);
-    lock_fd_               = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    lock_fd_               = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                                    0644);  // never through a link
     if (lock_fd_ < 0)
         throw std::runtime_error("cannot create '" + lock + "': " + std::strerror(errno) +
                                  " (is the output folder writable?)");

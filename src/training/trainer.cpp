@@ -232,7 +232,11 @@ TrainResult train(const TrainConfig& c) {
         dp.group(),
         [&] {
             if (!is_main) return;
-            out = open_output_dir(c.output_dir, base, dataset->root(),
+            // A dataset folder is walked for images: writing inside it would feed the run's own
+            // outputs back as data. A record file lists its images; its folder may hold outputs.
+            const std::string data_folder =
+                io::dir_exists(dataset->source()) ? dataset->root() : std::string();
+            out = open_output_dir(c.output_dir, base, data_folder,
                                   c.resume_from_checkpoint.has_value(),
                                   {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
                                    "scheduler", "train_config.json", "validation", logs_entry});
