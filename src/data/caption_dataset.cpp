@@ -283,7 +283,9 @@ std::string resolve_image(const json& cell, const fs::path& base, const std::str
                                  " has " + io::dump_json(cell).substr(0, 200));
     const std::string path = (base / rel).lexically_normal().string();
     if (!io::file_exists(path))
-        throw std::runtime_error(at + ": image file '" + path + "' does not exist");
+        throw std::runtime_error(
+            at + ": image file '" + path + "' " +
+            (fs::exists(path) ? "is not a regular file (a folder or device)" : "does not exist"));
     return path;
 }
 

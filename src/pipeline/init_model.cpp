@@ -177,6 +177,9 @@ const std::vector<std::string>& init_model_presets() {
 void init_model(const std::string& output_dir, const std::string& preset,
                 const std::string& tokenizer_dir, uint64_t seed) {
     const Preset p = preset_of(preset);
+    if (fs::exists(output_dir) && !fs::is_directory(output_dir))
+        throw std::runtime_error("--output '" + output_dir +
+                                 "' is a file, not a folder; choose a new folder");
     for (const char* name :
          {"model_index.json", "scheduler", "tokenizer", "text_encoder", "vae", "unet"})
         if (fs::exists(fs::symlink_status(output_dir + "/" + name)))
