@@ -15,7 +15,7 @@ T2I_FUZZ_TARGET(checkpoint_state) {
         torch::OrderedDict<std::string, torch::Tensor> params;
         params.insert("w", torch::zeros({2}));
         t2i::training::EMAModel ema(params, {});
-        ema.load_config_json(config.json());
+        ema.load_config_json(config.json(), file);
     } catch (const std::exception&) {
     }
     const auto state = t2i::training::read_trainer_state(file);

@@ -245,11 +245,7 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
                                      "set; resume without --use_ema or from another checkpoint");
         ema->load_shadow(io::load_safetensors(ema_dir + "/diffusion_pytorch_model.safetensors"));
         const auto ema_config = io::read_json(ema_dir + "/config.json");
-        try {
-            ema->load_config_json(ema_config.json());
-        } catch (const nlohmann::json::exception& e) {
-            throw std::runtime_error("'" + ema_config.path() + "': bad EMA state: " + e.what());
-        }
+        ema->load_config_json(ema_config.json(), ema_config.path());
     }
     // Views of the mapped file: the optimizer copies only the entries it keeps (under ZeRO-1
     // a process holds its own share, never the whole state).

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "io/json_config.h"
+
 namespace t2i::training {
 
 using NamedTensors = torch::OrderedDict<std::string, torch::Tensor>;
@@ -162,18 +164,19 @@ nlohmann::json EMAModel::config_json() const {
             {"power", config_.power}};
 }
 
-void EMAModel::load_config_json(const nlohmann::json& j) {
-    auto get = [&](const char* key, auto& field) {
-        if (j.contains(key) && !j.at(key).is_null())
-            field = j.at(key).get<std::decay_t<decltype(field)>>();
+void EMAModel::load_config_json(const nlohmann::json& j, const std::string& where) {
+    const io::JsonConfig c(j, where);  // typed getters: a float is never cast to an int
+    auto number = [&](const char* key, auto& field, double lo, double hi) {
+        field = c.get(key, field);
+        c.check_range(key, static_cast<double>(field), lo, hi);
     };
-    get("decay", config_.decay);
-    get("min_decay", config_.min_decay);
-    get("optimization_step", optimization_step_);
-    get("update_after_step", config_.update_after_step);
-    get("use_ema_warmup", config_.use_ema_warmup);
-    get("inv_gamma", config_.inv_gamma);
-    get("power", config_.power);
+    number("decay", config_.decay, 0, 1);
+    number("min_decay", config_.min_decay, 0, 1);
+    number("optimization_step", optimization_step_, 0, 1e15);
+    number("update_after_step", config_.update_after_step, 0, 1e15);
+    config_.use_ema_warmup = c.get("use_ema_warmup", config_.use_ema_warmup);
+    number("inv_gamma", config_.inv_gamma, 1e-12, 1e12);
+    number("power", config_.power, 1e-12, 1e12);
 }
 
 void EMAModel::load_shadow(const std::map<std::string, torch::Tensor>& tensors) {

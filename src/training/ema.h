@@ -58,8 +58,9 @@ class EMAModel {
     // The keys save_pretrained adds to unet_ema/config.json: decay, min_decay,
     // optimization_step, update_after_step, use_ema_warmup, inv_gamma, power.
     nlohmann::json config_json() const;
-    // Restores those keys (from_pretrained); absent keys keep the current values.
-    void load_config_json(const nlohmann::json& json);
+    // Restores those keys (from_pretrained); absent keys keep the current values. A key of the
+    // wrong type or out of range throws naming `where` (the file) and the key.
+    void load_config_json(const nlohmann::json& json, const std::string& where = "EMA state");
     // Loads shadow tensors by name (from unet_ema/diffusion_pytorch_model.safetensors); every
     // shadow name must be present with its shape.
     void load_shadow(const std::map<std::string, torch::Tensor>& tensors);
