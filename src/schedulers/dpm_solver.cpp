@@ -34,10 +34,13 @@ DPMSolverConfig DPMSolverConfig::from_json(const io::JsonConfig& j) {
     c.use_lu_lambdas             = j.get<bool>("use_lu_lambdas", c.use_lu_lambdas);
     c.final_sigmas_type          = j.get<std::string>("final_sigmas_type", c.final_sigmas_type);
     c.lambda_min_clipped         = j.get<double>("lambda_min_clipped", c.lambda_min_clipped);
-    c.variance_type              = j.get<std::string>("variance_type", c.variance_type);
-    c.timestep_spacing           = j.get<std::string>("timestep_spacing", c.timestep_spacing);
-    c.steps_offset               = read_steps_offset(j, c.steps_offset, c.num_train_timesteps);
-    c.rescale_betas_zero_snr     = j.get<bool>("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
+    // diffusers' default is -inf (no clipping); a finite value is compared in float32.
+    if (std::isfinite(c.lambda_min_clipped))
+        j.check_range("lambda_min_clipped", c.lambda_min_clipped, -1e38, 1e38);
+    c.variance_type          = j.get<std::string>("variance_type", c.variance_type);
+    c.timestep_spacing       = j.get<std::string>("timestep_spacing", c.timestep_spacing);
+    c.steps_offset           = read_steps_offset(j, c.steps_offset, c.num_train_timesteps);
+    c.rescale_betas_zero_snr = j.get<bool>("rescale_betas_zero_snr", c.rescale_betas_zero_snr);
     return c;
 }
 

@@ -182,6 +182,9 @@ std::vector<double> karras_sigmas(double sigma_min, double sigma_max, int64_t n)
 double sigma_to_t(double sigma, const std::vector<double>& log_sigmas) {
     const double log_sigma = std::log(std::max(sigma, 1e-10));
     const auto n           = static_cast<int64_t>(log_sigmas.size());
+    // A one-step schedule has only t = 0 (numpy's clip(max=n-2) gives index -1 there, which
+    // Python wraps around; here it would read before the array).
+    if (n < 2) return 0.0;
     // low_idx = cumsum(log_sigma - log_sigmas >= 0).argmax(), clipped to n - 2: the last index
     // with log_sigmas[i] <= log_sigma (0 when there is none).
     int64_t low_idx = 0, count = 0, best = 0;
