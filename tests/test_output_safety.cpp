@@ -239,6 +239,22 @@ TEST(Train, ANewRunNeverOverwritesAnEarlierRunsWork) {
     EXPECT_EQ(training::list_checkpoints(c.output_dir).back().first, 3);
 }
 
+TEST(Train, AFolderWrittenBeforeTheManifestExistedCanStillBeResumed) {
+    TempDir dir;
+    auto c = tiny_config(dir, testing::make_image_dataset(dir, 4));
+    ASSERT_EQ(training::train(c), training::TrainResult::kFinished);
+    fs::remove(c.output_dir + "/.t2i-manifest.json");        // as t2i wrote folders before issue 10
+    fs::create_directories(c.output_dir + "/checkpoint-9");  // not t2i's: no training_state.json
+    auto resume                   = c;
+    resume.resume_from_checkpoint = "latest";
+    expect_error<std::exception>([&] { training::train(resume); },
+                                 {"already holds 'checkpoint-9'"});
+    fs::remove_all(c.output_dir + "/checkpoint-9");
+    resume.max_train_steps = 3;
+    ASSERT_EQ(training::train(resume), training::TrainResult::kFinished);
+    EXPECT_EQ(training::list_checkpoints(c.output_dir).back().first, 3);
+}
+
 TEST(Train, ASecondRunInTheSameOutputDirFailsAtOnce) {
     TempDir dir;
     const auto data = testing::make_image_dataset(dir, 4);

@@ -55,7 +55,8 @@ OutputFolder::OutputFolder(std::string dir) : dir_(std::move(dir)) {
     if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
         // The pid is only for the message above; the lock itself is what counts.
     }
-    if (file_exists(file(kManifest))) {
+    had_manifest_ = file_exists(file(kManifest));
+    if (had_manifest_) {
         const auto manifest = read_json(file(kManifest));
         const auto& entries = manifest.json().value("entries", nlohmann::json::array());
         if (!entries.is_array())
@@ -90,6 +91,10 @@ void OutputFolder::claim(const std::string& name) {
                                  "another --output_dir");
     owned_.insert(name);
     write_manifest();
+}
+
+void OutputFolder::adopt(const std::string& name) {
+    if (owned_.insert(name).second) write_manifest();
 }
 
 void OutputFolder::forget(const std::string& name) {

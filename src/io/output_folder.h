@@ -33,6 +33,10 @@ class OutputFolder {
     void claim(const std::string& name);
     // After deleting `name`: drops it from the manifest.
     void forget(const std::string& name);
+    // Whether the folder had a manifest when it was opened (t2i before issue 10 wrote none).
+    bool had_manifest() const { return had_manifest_; }
+    // Records an existing entry as t2i's own (a folder an earlier t2i version wrote).
+    void adopt(const std::string& name);
     // Throws naming the first of `names` that exists here and that t2i did not create, with
     // `hint` appended: a check before work starts, so that a conflict never costs a run.
     void check_not_foreign(const std::set<std::string>& names, const std::string& hint) const;
@@ -44,6 +48,7 @@ class OutputFolder {
     std::string dir_;
     int lock_fd_ = -1;
     std::set<std::string> owned_;
+    bool had_manifest_ = false;
 };
 
 }  // namespace t2i::io

@@ -159,6 +159,38 @@ std::string quarantine_checkpoint(io::OutputFolder& out, int64_t step) {
     return out.file(set_aside);
 }
 
+namespace {
+
+// A folder that t2i wrote before it kept a manifest: its train_config.json is t2i's (it holds
+// the flags, pretrained_model_name_or_path first), and so are the run's entries beside it and
+// every checkpoint-N whose training_state.json has t2i's format tag. Adopted, so that such a run
+// can be resumed; anything else stays foreign.
+void adopt_earlier_t2i_output(io::OutputFolder& folder, const std::set<std::string>& names) {
+    try {
+        const auto config = io::read_json(folder.file("train_config.json"));
+        if (!config.json().contains("pretrained_model_name_or_path")) return;
+    } catch (const std::exception&) {
+        return;
+    }
+    std::vector<std::string> adopted;
+    for (const auto& name : names)
+        if (fs::exists(folder.file(name))) adopted.push_back(name);
+    for (const auto& [step, path] : list_checkpoints(folder.path())) {
+        try {
+            if (io::read_json(path + "/training_state.json").get<std::string>("format", "") ==
+                "t2i-checkpoint-1")
+                adopted.push_back(fs::path(path).filename());
+        } catch (const std::exception&) {
+        }
+    }
+    for (const auto& name : adopted) folder.adopt(name);
+    if (!adopted.empty())
+        log_info("'%s' was written by an earlier t2i (no manifest): %zu entries recorded as t2i's",
+                 folder.path().c_str(), adopted.size());
+}
+
+}  // namespace
+
 std::unique_ptr<io::OutputFolder> open_output_dir(const std::string& output_dir,
                                                   const std::string& base_model,
                                                   const std::string& dataset_root, bool resuming,
@@ -176,6 +208,7 @@ std::unique_ptr<io::OutputFolder> open_output_dir(const std::string& output_dir,
                             "writes into its inputs: choose another --output_dir");
     }
     auto folder = std::make_unique<io::OutputFolder>(output_dir);
+    if (!folder->had_manifest()) adopt_earlier_t2i_output(*folder, names);
     const std::string hint =
         "t2i never replaces files it did not write: move it away or choose another --output_dir";
     folder->check_not_foreign(names, hint);
