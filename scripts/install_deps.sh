@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# Installs t2i's build and test dependencies on Debian 12 (bookworm). Every library is a Debian
-# package; nothing is vendored. Safe to run again.
+# Installs t2i's build and test dependencies on Debian 12 (bookworm). Safe to run again.
+#  - libtorch 2.x: the `torch` wheel from PyPI (pinned; its libtorch has CUDA and NCCL and runs on
+#    machines without a GPU), in a Python venv at T2I_TORCH_HOME, where CMakeLists.txt finds it.
+#  - everything else: Debian packages. Nothing is vendored.
+# Building the CUDA parts needs NVIDIA's CUDA toolkit (nvcc, /usr/local/cuda); the machines this
+# project builds on carry it. See README "Building".
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+TORCH_VERSION=2.11.0
+T2I_TORCH_HOME=${T2I_TORCH_HOME:-$HOME/.cache/t2i/torch-$TORCH_VERSION}
 PACKAGES=(
   cmake ninja-build clang ccache clang-format   # build tools (clang++: fast builds with PCH)
-  libtorch-dev                                  # PyTorch C++ API 1.13.1 (CPU)
+  python3 python3-venv python3-pip              # the venv that holds PyPI's torch wheel
   libgloo-dev                                   # headers of c10d's Gloo backend (multi-process)
-  libopenblas0-openmp                           # fast BLAS for libtorch (the default is ~23x slower)
   libgoogle-perftools-dev                       # tcmalloc_minimal: faster allocation in attention
   nlohmann-json3-dev                            # config.json, safetensors headers
   libicu-dev                                    # Unicode normalization and categories (tokenizer)
   libpng-dev libjpeg-dev libwebp-dev pkg-config # image decoding (PNG, JPEG, WebP) and PNG output
   libgtest-dev                                  # tests
+  libclang-rt-14-dev                            # sanitizer runtimes (ASan, UBSan, libFuzzer)
 )
 export DEBIAN_FRONTEND=noninteractive
 if ! dpkg -s "${PACKAGES[@]}" >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
+fi
+
+# torch from PyPI, with the CUDA 13 libraries it needs (cuDNN, cuBLAS, NCCL, ...: ~4.6 GB).
+if [ ! -f "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION" ]; then
+  echo "installing torch==$TORCH_VERSION from PyPI into $T2I_TORCH_HOME" >&2
+  rm -rf "$T2I_TORCH_HOME"
+  mkdir -p "$(dirname "$T2I_TORCH_HOME")"
+  /usr/bin/python3 -m venv "$T2I_TORCH_HOME"
+  "$T2I_TORCH_HOME/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+  touch "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION"
+fi
+if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "note: no CUDA toolkit found (nvcc): CMake's TorchConfig needs it to build against the" \
+    "CUDA libtorch; install NVIDIA's CUDA 13 toolkit (see README 'Building')" >&2
 fi

@@ -36,7 +36,9 @@ void check_schedule(const std::string& s) {
 
     EXPECT_EQ(scheduler.betas().scalar_type(), torch::kFloat32);
     EXPECT_TRUE(golden_close(scheduler.betas(), g("betas"), 1e-8, 0));
-    EXPECT_TRUE(golden_close(scheduler.alphas(), g("alphas"), 1e-8, 0));
+    // 1 - betas near 1: one float32 ulp is 6e-8, and torch 2.x's linspace rounds the last bit of
+    // some betas differently from the fixtures' torch 1.13 (python torch 2.x gives the same as us).
+    EXPECT_TRUE(golden_close(scheduler.alphas(), g("alphas"), 6e-8, 0));
     EXPECT_TRUE(golden_close(scheduler.alphas_cumprod(), g("alphas_cumprod"), 1e-6, 0));
 
     const auto& x0 = golden.at("inputs.original_samples");

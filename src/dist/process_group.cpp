@@ -1,6 +1,8 @@
 // Implements: dist/process_group.h.
 #include "dist/process_group.h"
 
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -383,13 +385,26 @@ GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params,
         b.flat =
             torch::zeros({b.offsets.back() + last.numel()}, last.options().requires_grad(false));
     }
-    for (size_t k = 0; k < params_.size(); ++k)
-        hook_ids_.push_back(
-            params_[k].register_hook([this, k](torch::Tensor g) { on_grad(k, g); }));
+    // A post-hook on each parameter's AccumulateGrad node, as torch's Reducer: it runs once .grad
+    // holds the parameter's gradient. (A tensor hook would also run for autograd::grad calls
+    // that only read the gradient, such as the recomputation of gradient checkpointing.)
+    for (size_t k = 0; k < params_.size(); ++k) {
+        auto acc = torch::autograd::impl::grad_accumulator(params_[k]);
+        TORCH_CHECK(acc, "GradReducer: parameter ", k, " is not a leaf that requires grad");
+        hook_keys_.push_back(
+            acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+                [this, k](const torch::autograd::variable_list& outputs,
+                          const torch::autograd::variable_list&) {
+                    on_grad_accumulated(k);
+                    return outputs;
+                })));
+        grad_accumulators_.push_back(std::move(acc));
+    }
 }
 
 GradReducer::~GradReducer() {
-    for (size_t k = 0; k < params_.size(); ++k) params_[k].remove_hook(hook_ids_[k]);
+    for (size_t k = 0; k < grad_accumulators_.size(); ++k)
+        grad_accumulators_[k]->del_post_hook(hook_keys_[k]);
 }
 
 void GradReducer::prepare_for_backward() {
@@ -404,7 +419,7 @@ void GradReducer::prepare_for_backward() {
     }
 }
 
-void GradReducer::on_grad(size_t k, const torch::Tensor& grad) {
+void GradReducer::on_grad_accumulated(size_t k) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!active_) return;
     torch::NoGradGuard no_grad;
@@ -415,13 +430,7 @@ void GradReducer::on_grad(size_t k, const torch::Tensor& grad) {
     TORCH_CHECK(!filled_[k] || bi >= next_launch_, "GradReducer: parameter ", k, " ", p.sizes(),
                 " received a second gradient after its bucket was all-reduced");
     auto view = b.flat.narrow(0, b.offsets[pos], p.numel()).view(p.sizes());
-    // The hook sees the incoming gradient before AccumulateGrad adds it to .grad: the value
-    // .grad will hold is the sum of both (also for a second contribution, which finds the
-    // first one already in .grad).
-    if (p.grad().defined())
-        torch::add_out(view, p.grad(), grad);
-    else
-        view.copy_(grad);
+    view.copy_(p.grad());  // the accumulated gradient (a second contribution: the new sum)
     if (filled_[k]) return;
     filled_[k] = true;
     used_[k]   = 1;

@@ -155,7 +155,7 @@ class GradReducer {
         size_t pending = 0;
         c10::intrusive_ptr<c10d::Work> work;
     };
-    void on_grad(size_t index, const torch::Tensor& grad);
+    void on_grad_accumulated(size_t index);
     void launch_ready();  // launches ready buckets, strictly in order
     void launch(size_t b);
 
@@ -165,7 +165,10 @@ class GradReducer {
     std::vector<bool> filled_;
     std::vector<float> used_;  // 1: this rank has a gradient for the parameter this step
     std::vector<Bucket> buckets_;
-    std::vector<unsigned> hook_ids_;
+    // The parameters' AccumulateGrad nodes (held, as torch's Reducer holds them) and the keys of
+    // the post-hooks on them.
+    std::vector<std::shared_ptr<torch::autograd::Node>> grad_accumulators_;
+    std::vector<uintptr_t> hook_keys_;
     size_t next_launch_ = 0;
     bool active_        = false;
     double last_wait_s_ = 0;

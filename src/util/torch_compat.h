@@ -1,4 +1,5 @@
-// Implements: the one place where libtorch version differences live (1.13 on Debian, 2.x for CUDA).
+// Implements: the one place where libtorch version differences live (2.x; CMakeLists.txt refuses
+// 1.x, whose last user was the Debian 1.13 build before issue 11).
 // Everything else includes this header instead of testing TORCH_VERSION_* itself.
 #pragma once
 
