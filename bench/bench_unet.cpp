@@ -21,7 +21,7 @@ using namespace t2i;
 
 int main(int argc, char** argv) {
     std::string config    = std::string(T2I_FIXTURES_DIR) + "/small-sd/unet/config.json";
-    std::string attention = "reference", mode = "both", mixed_precision = "no";
+    std::string attention = "fused", mode = "both", mixed_precision = "no";
     int threads = 2, batch = 2, latent = 32, iters = 10, warmup = 2, gradient_checkpointing = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i], v = argv[i + 1];

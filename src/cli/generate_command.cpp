@@ -14,6 +14,7 @@
 #include "io/text.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
+#include "util/device.h"
 #include "util/log.h"
 #include "util/machine.h"
 #include "util/torch_compat.h"
@@ -24,7 +25,7 @@ namespace {
 
 struct GenerateFlags {
     std::string model, base_model, prompt_file, scheduler, variant, output;
-    std::string seed, save_latents;
+    std::string seed, save_latents, device = "cpu", torch_dtype = "fp32";
     std::vector<std::string> prompt, negative_prompt;
     int64_t num_inference_steps = 50, height = 0, width = 0;
     int64_t num_images_per_prompt = 1, num_threads = 0;
@@ -136,6 +137,10 @@ int generate_command(const std::vector<std::string>& args) {
     p.add(f.save_latents, "save_latents", "Also write the final latents (before VAE decode) here.");
     p.add(f.output, "output", "A .png file for one image, or a folder (000000.png, ...).");
     p.add(f.num_threads, "num_threads", "CPU threads (0 = all cores).");
+    p.add(f.device, "device", "cpu, cuda or cuda:N (as pipe.to(device)).");
+    p.add(f.torch_dtype, "torch_dtype",
+          "Weights and activations: fp32, fp16 (CUDA only) or bf16 (diffusers' torch_dtype; "
+          "float32 / float16 / bfloat16 also accepted).");
     if (!p.parse(args)) return 0;
     if (f.model.empty()) throw UsageError("--model is required");
     if (f.output.empty()) throw UsageError("--output is required");
@@ -193,14 +198,27 @@ int generate_command(const std::vector<std::string>& args) {
         throw UsageError("--num_threads must be in [0, " + std::to_string(max_useful_threads()) +
                          "] (0 = all cores), got " + std::to_string(f.num_threads));
     set_num_threads(static_cast<int>(f.num_threads));
+    pipeline::LoadOptions lo;
+    lo.dtype = [&]() -> torch::ScalarType {
+        if (f.torch_dtype == "fp32" || f.torch_dtype == "float32") return torch::kFloat32;
+        if (f.torch_dtype == "fp16" || f.torch_dtype == "float16") return torch::kFloat16;
+        if (f.torch_dtype == "bf16" || f.torch_dtype == "bfloat16") return torch::kBFloat16;
+        throw UsageError("--torch_dtype '" + f.torch_dtype + "': expected fp32, fp16 or bf16");
+    }();
+    try {
+        lo.device = resolve_device(f.device);
+    } catch (const DeviceError& e) {
+        throw UsageError(e.what());
+    }
+    if (lo.device.is_cpu() && lo.dtype == torch::kFloat16)
+        throw UsageError("--torch_dtype fp16 needs --device cuda; on the CPU use bf16 or fp32");
 
     const auto [unet_dir, base] = resolve_folders(f);
-    pipeline::LoadOptions lo;
-    lo.variant        = f.variant;
-    auto unet         = pipeline::load_unet(unet_dir, lo);
-    auto vae          = pipeline::load_vae(base + "/vae", lo);
-    auto text_encoder = pipeline::load_text_encoder(base + "/text_encoder", lo);
-    auto tokenizer    = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
+    lo.variant                  = f.variant;
+    auto unet                   = pipeline::load_unet(unet_dir, lo);
+    auto vae                    = pipeline::load_vae(base + "/vae", lo);
+    auto text_encoder           = pipeline::load_text_encoder(base + "/text_encoder", lo);
+    auto tokenizer              = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    f.model);
     // The decoded images (float32) alone beyond the machine's memory: refused before sampling.

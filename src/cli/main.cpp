@@ -8,6 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "util/device.h"
 
 namespace {
 
@@ -64,6 +65,9 @@ int main(int argc, char** argv) {
         try {
             return c.run(args);
         } catch (const t2i::cli::UsageError& e) {
+            std::fprintf(stderr, "t2i %s: error: %s\n", c.name, e.what());
+            return 2;
+        } catch (const t2i::DeviceError& e) {
             std::fprintf(stderr, "t2i %s: error: %s\n", c.name, e.what());
             return 2;
         } catch (const std::exception& e) {

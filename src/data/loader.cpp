@@ -119,8 +119,17 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
             }
         }
         if (!pixels.empty()) {
-            batch.pixel_values = torch::stack(pixels);  // [B, 3, R, R]
-            batch.input_ids    = torch::stack(ids);     // [B, 77]
+            // Stacked straight into page-locked memory for a GPU run (torch's pin_memory=True,
+            // without its extra copy): the trainer's copies to the device then run async.
+            auto stack = [&](const std::vector<torch::Tensor>& parts) {
+                if (!config_.pin_memory) return torch::stack(parts);
+                std::vector<int64_t> shape{static_cast<int64_t>(parts.size())};
+                for (auto d : parts[0].sizes()) shape.push_back(d);
+                auto out = torch::empty(shape, parts[0].options().pinned_memory(true));
+                return torch::stack_out(out, parts);
+            };
+            batch.pixel_values = stack(pixels);  // [B, 3, R, R]
+            batch.input_ids    = stack(ids);     // [B, 77]
             result.batch       = std::move(batch);
         } else if (config_.world_size > 1) {
             result.batch = std::move(batch);  // empty, but the ranks stay in step

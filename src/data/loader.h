@@ -52,6 +52,7 @@ struct LoaderConfig {
     int rank              = 0;   // this process in the data-parallel world
     int world_size        = 1;
     bool skip_bad_samples = false;
+    bool pin_memory       = false;  // batches in page-locked memory (a CUDA run): torch pin_memory
 };
 
 // The next batch next() will return: (epoch, batch index within the epoch on this rank).

@@ -8,7 +8,7 @@
 namespace t2i::models {
 
 namespace {
-std::atomic<AttentionBackend> g_backend{AttentionBackend::kReference};
+std::atomic<AttentionBackend> g_backend{AttentionBackend::kFused};
 }
 
 void set_attention_backend(AttentionBackend backend) { g_backend = backend; }
@@ -18,7 +18,7 @@ torch::Tensor attention_scores_apply(const torch::Tensor& q, const torch::Tensor
                                      const torch::Tensor& v, double scale, bool upcast_attention,
                                      bool upcast_softmax) {
 #if T2I_HAS_SDPA
-    if (g_backend.load() == AttentionBackend::kFused && !upcast_attention)
+    if (g_backend.load() == AttentionBackend::kFused)
         return at::scaled_dot_product_attention(q, k, v);  // default scale == 1/sqrt(d) == scale
 #endif
     // AttnProcessor: scores = baddbmm(empty, q, k^T, beta=0, alpha=scale); softmax; @ v.

@@ -11,9 +11,11 @@
 
 namespace t2i::models {
 
-// Which kernel computes softmax(Q K^T * scale) V. kReference is diffusers' AttnProcessor
-// (baddbmm + softmax + bmm), the path the golden numbers came from; kFused uses
-// at::scaled_dot_product_attention where libtorch has it (2.0+), else the reference path.
+// Which kernel computes softmax(Q K^T * scale) V. kFused (the default) is diffusers'
+// AttnProcessor2_0, its default on torch 2: at::scaled_dot_product_attention, which picks
+// flash / memory-efficient / cuDNN kernels on CUDA and a flash kernel on the CPU (it ignores
+// upcast_attention, as AttnProcessor2_0 does). kReference is AttnProcessor (baddbmm + softmax +
+// bmm), the path the fixtures' golden numbers came from (torch 1.13).
 enum class AttentionBackend { kReference, kFused };
 void set_attention_backend(AttentionBackend backend);
 AttentionBackend attention_backend();

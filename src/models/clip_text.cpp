@@ -224,7 +224,9 @@ CLIPTextOutput CLIPTextTransformerImpl::forward(const torch::Tensor& input_ids,
             strformat("CLIP text model: sequence length %lld exceeds max_position_embeddings %lld",
                       static_cast<long long>(seq_len),
                       static_cast<long long>(config.max_position_embeddings)));
-    if (input_ids.numel() > 0) {
+    // Checked on the CPU only (on a GPU the check would stop the host at every step; the
+    // tokenizer's ids were checked against vocab_size when the components were loaded).
+    if (input_ids.numel() > 0 && input_ids.is_cpu()) {
         const int64_t lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
         if (lo < 0 || hi >= config.vocab_size)
             throw std::runtime_error(strformat(

@@ -46,8 +46,7 @@ void check_limits(const io::JsonConfig& c, const UNet2DConditionConfig& cfg,
     for (size_t i = 0; i < ch.size(); ++i)
         if (ch[i] % cfg.norm_num_groups != 0)
             c.fail("block_out_channels[" + std::to_string(i) + "]",
-                   "= " + std::to_string(ch[i]) +
-                       " is not divisible by norm_num_groups = " +
+                   "= " + std::to_string(ch[i]) + " is not divisible by norm_num_groups = " +
                        std::to_string(cfg.norm_num_groups) +
                        " (GroupNorm splits the channels into that many groups)");
     c.check_range("norm_eps", cfg.norm_eps, 1e-30, 1, "a positive epsilon");
@@ -272,9 +271,15 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample_in,
     const auto N = sample.size(0);
 
     // 1. time: a scalar timestep is broadcast over the batch.
-    auto timesteps = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
-    timesteps      = timesteps.to(sample.device()).expand({N});
-    auto t_emb     = time_proj(timesteps).to(sample.scalar_type());  // [N, C0]
+    torch::Tensor timesteps;
+    if (timestep.numel() == 1 && timestep.device() != sample.device())  // a sampler's CPU t:
+        timesteps = torch::full({N}, timestep.item(),  // filled on the device, no copy
+                                torch::dtype(timestep.scalar_type()).device(sample.device()));
+    else
+        timesteps = (timestep.dim() == 0 ? timestep.reshape({1}) : timestep)
+                        .to(sample.device())
+                        .expand({N});
+    auto t_emb = time_proj(timesteps).to(sample.scalar_type());  // [N, C0]
     record("time_proj", t_emb);
     auto emb = time_embedding(t_emb);  // [N, 4 C0]
     record("time_embedding", emb);

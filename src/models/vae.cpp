@@ -48,8 +48,7 @@ void check_limits(const io::JsonConfig& c, const AutoencoderKLConfig& cfg) {
     for (size_t i = 0; i < ch.size(); ++i)
         if (ch[i] % cfg.norm_num_groups != 0)
             c.fail("block_out_channels[" + std::to_string(i) + "]",
-                   "= " + std::to_string(ch[i]) +
-                       " is not divisible by norm_num_groups = " +
+                   "= " + std::to_string(ch[i]) + " is not divisible by norm_num_groups = " +
                        std::to_string(cfg.norm_num_groups) +
                        " (GroupNorm splits the channels into that many groups)");
     // Latents are multiplied by it (and divided by it before decoding).
@@ -175,7 +174,10 @@ DiagonalGaussianDistribution::DiagonalGaussianDistribution(const torch::Tensor& 
 torch::Tensor DiagonalGaussianDistribution::sample(const torch::Tensor& eps,
                                                    c10::optional<at::Generator> generator) const {
     if (eps.defined()) return mean + std * eps;
-    return mean + std * at::randn(mean.sizes(), generator, mean.options());
+    // Drawn where the generator lives, then moved (diffusers' randn_tensor).
+    const auto where = generator ? generator->device() : mean.device();
+    return mean +
+           std * at::randn(mean.sizes(), generator, mean.options().device(where)).to(mean.device());
 }
 
 AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& c) : config(c) {

@@ -102,8 +102,14 @@ GenerateResult StableDiffusionPipeline::operator()(const GenerateOptions& o,
     result.denoise_seconds = std::chrono::duration<double>(Clock::now() - t_loop).count();
     result.latents         = latents;
     if (o.decode) {
-        auto decoded  = vae_->decode(latents.to(vae_->parameters().front().scalar_type()) /
-                                     vae_->config.scaling_factor);  // [N, 3, H, W]
+        // diffusers' needs_upcasting: an fp16 VAE with force_upcast decodes in float32 (SD's VAE
+        // overflows in fp16), then goes back to fp16.
+        const auto vae_dtype = vae_->parameters().front().scalar_type();
+        const bool upcast    = vae_dtype == torch::kFloat16 && vae_->config.force_upcast;
+        if (upcast) vae_->to(torch::kFloat32);
+        auto decoded = vae_->decode(latents.to(upcast ? torch::kFloat32 : vae_dtype) /
+                                    vae_->config.scaling_factor);  // [N, 3, H, W]
+        if (upcast) vae_->to(vae_dtype);
         result.images = to_uint8_images(decoded);
     }
     result.total_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();

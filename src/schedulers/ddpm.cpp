@@ -19,7 +19,9 @@ void check_timesteps(const torch::Tensor& timesteps, int64_t num_train_timesteps
     if (!timesteps.defined() || c10::isFloatingType(timesteps.scalar_type()) ||
         timesteps.scalar_type() == torch::kBool)
         throw std::runtime_error(strformat("%s: timesteps must be an integer tensor", where));
-    if (timesteps.numel() == 0) return;
+    // The value range is checked where it costs nothing: on the CPU. On a GPU it would stop the
+    // host at every step (diffusers checks neither); t2i's own draws are in range by design.
+    if (timesteps.numel() == 0 || !timesteps.is_cpu()) return;
     const int64_t lo = timesteps.min().item<int64_t>();
     const int64_t hi = timesteps.max().item<int64_t>();
     if (lo < 0 || hi >= num_train_timesteps)
@@ -68,11 +70,18 @@ DDPMScheduler::DDPMScheduler(SchedulerConfig config)
                                     config_.num_train_timesteps, config_.trained_betas,
                                     config_.rescale_betas_zero_snr)) {}
 
+const torch::Tensor& DDPMScheduler::alphas_cumprod_on(const torch::Device& device) const {
+    if (device == schedule_.alphas_cumprod.device()) return schedule_.alphas_cumprod;
+    if (!device_alphas_cumprod_.defined() || device_alphas_cumprod_.device() != device)
+        device_alphas_cumprod_ = schedule_.alphas_cumprod.to(device);
+    return device_alphas_cumprod_;
+}
+
 std::pair<torch::Tensor, torch::Tensor> DDPMScheduler::coefficients(
     const torch::Tensor& like, const torch::Tensor& timesteps) const {
     check_timesteps(timesteps, config_.num_train_timesteps, "DDPMScheduler");
     // diffusers casts alpha_bar to the samples' dtype first, then takes the square roots.
-    auto alphas_cumprod  = schedule_.alphas_cumprod.to(like.device(), like.scalar_type());  // [T]
+    auto alphas_cumprod  = alphas_cumprod_on(like.device()).to(like.scalar_type());  // [T]
     auto t               = timesteps.to(like.device());
     auto alpha_prod      = alphas_cumprod.index({t});                      // t.shape
     auto sqrt_alpha_prod = alpha_prod.pow(0.5).flatten();                  // [B]
@@ -99,12 +108,11 @@ torch::Tensor DDPMScheduler::get_velocity(const torch::Tensor& sample, const tor
 
 torch::Tensor compute_snr(const DDPMScheduler& scheduler, const torch::Tensor& timesteps) {
     check_timesteps(timesteps, scheduler.config().num_train_timesteps, "compute_snr");
-    const auto& alphas_cumprod         = scheduler.alphas_cumprod();  // [T]
-    auto sqrt_alphas_cumprod           = alphas_cumprod.pow(0.5);     // [T]
+    const auto& alphas_cumprod         = scheduler.alphas_cumprod_on(timesteps.device());  // [T]
+    auto sqrt_alphas_cumprod           = alphas_cumprod.pow(0.5);                          // [T]
     auto sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).pow(0.5);
-    const auto device                  = timesteps.device();
-    auto alpha = sqrt_alphas_cumprod.to(device).index({timesteps}).to(torch::kFloat32);
-    auto sigma = sqrt_one_minus_alphas_cumprod.to(device).index({timesteps}).to(torch::kFloat32);
+    auto alpha                         = sqrt_alphas_cumprod.index({timesteps}).to(torch::kFloat32);
+    auto sigma = sqrt_one_minus_alphas_cumprod.index({timesteps}).to(torch::kFloat32);
     return (alpha / sigma).pow(2);  // timesteps.shape
 }
 

@@ -57,6 +57,9 @@ class DDPMScheduler {
     const torch::Tensor& betas() const { return schedule_.betas; }                    // [T] f32
     const torch::Tensor& alphas() const { return schedule_.alphas; }                  // [T] f32
     const torch::Tensor& alphas_cumprod() const { return schedule_.alphas_cumprod; }  // [T] f32
+    // alphas_cumprod on `device`: copied there once (as diffusers moves it to the device), so a
+    // training step indexes it without a host-to-device copy. Not thread-safe (the trainer's).
+    const torch::Tensor& alphas_cumprod_on(const torch::Device& device) const;
 
     // x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
     // original_samples, noise: [B, ...]; timesteps: [B] or a 0-d tensor, integer, in [0, T).
@@ -75,6 +78,7 @@ class DDPMScheduler {
 
     SchedulerConfig config_;
     NoiseSchedule schedule_;
+    mutable torch::Tensor device_alphas_cumprod_;  // the last device's copy
 };
 
 // SNR(t) = alpha_bar_t / (1 - alpha_bar_t), computed as diffusers' training_utils.compute_snr:

@@ -133,8 +133,8 @@ torch::Tensor EulerDiscreteScheduler::step(const torch::Tensor& model_output,
     if (step_index_ < 0) init_step_index(timestep);
     // diffusers draws the churn noise every step even when s_churn = 0 (gamma = 0, unused); we
     // draw it too when a generator is given so the generator's state matches afterwards.
-    if (generator != nullptr)
-        randn_tensor(model_output.sizes(), generator, model_output.device(),
+    if (generator != nullptr)  // drawn where the generator lives: only its state matters
+        randn_tensor(model_output.sizes(), generator, generator->device(),
                      model_output.scalar_type());
     auto x         = sample.to(torch::kFloat32);
     auto sigma     = sigmas_[step_index_];

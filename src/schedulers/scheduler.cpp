@@ -105,6 +105,9 @@ torch::Tensor randn_tensor(at::IntArrayRef shape, at::Generator* generator,
                            const torch::Device& device, torch::ScalarType dtype) {
     if (generator == nullptr) return torch::randn(shape, torch::dtype(dtype).device(device));
     auto opts = torch::dtype(dtype).device(generator->device());
+    if (generator->device().is_cpu() && device.is_cuda())  // page-locked: an async copy
+        return torch::randn(shape, *generator, opts.pinned_memory(true))
+            .to(device, /*non_blocking=*/true);
     return torch::randn(shape, *generator, opts).to(device);
 }
 

@@ -26,9 +26,11 @@ std::vector<int64_t> latent_shape(const models::AutoencoderKLConfig& vae_config,
 }
 
 StepDraws draw_step_randoms(at::IntArrayRef shape, int64_t num_train_timesteps,
-                            at::Generator& generator, const LossConfig& config) {
+                            at::Generator& generator, const LossConfig& config, bool pinned) {
     TORCH_CHECK(shape.size() == 4, "latent shape must be [B, Z, h, w], got ", shape);
-    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+    // Page-locked host memory for a GPU run: the copies to the device then do not stop the host.
+    // randn / randint fill the buffer with the same numbers either way.
+    const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).pinned_memory(pinned);
     StepDraws d;
     d.vae_eps = at::randn(shape, generator, f32);
     d.noise   = at::randn(shape, generator, f32);
@@ -36,7 +38,7 @@ StepDraws draw_step_randoms(at::IntArrayRef shape, int64_t num_train_timesteps,
         d.offset_noise = at::randn({shape[0], shape[1], 1, 1}, generator, f32);
     if (config.input_perturbation != 0) d.perturb_noise = at::randn(shape, generator, f32);
     d.timesteps = at::randint(0, num_train_timesteps, {shape[0]}, generator,
-                              torch::TensorOptions().dtype(torch::kInt64));
+                              torch::TensorOptions().dtype(torch::kInt64).pinned_memory(pinned));
     return d;
 }
 
@@ -71,7 +73,7 @@ static void dream_update(models::UNet2DConditionModel& unet,
                          const torch::Tensor& noise, const torch::Tensor& ehs, double p,
                          torch::Tensor& noisy_latents, torch::Tensor& target) {
     const auto alphas_cumprod =
-        scheduler.alphas_cumprod().to(timesteps.device()).index({timesteps}).view({-1, 1, 1, 1});
+        scheduler.alphas_cumprod_on(timesteps.device()).index({timesteps}).view({-1, 1, 1, 1});
     const auto sqrt_one_minus_alphas_cumprod = (1.0 - alphas_cumprod).pow(0.5);  // [B, 1, 1, 1]
     const auto dream_lambda                  = sqrt_one_minus_alphas_cumprod.pow(p);
     torch::Tensor pred;
@@ -104,29 +106,34 @@ StepOutputs compute_step(models::UNet2DConditionModel& unet, models::Autoencoder
         const auto vae_param = vae->parameters().front();
         const auto dist = vae->encode(pixel_values.to(vae_param.device(), vae_param.scalar_type()));
         const auto like = dist.mean.options();
-        out.latents =
-            dist.sample(draws.vae_eps.to(like)) * vae->config.scaling_factor;  // [B, Z, h, w]
+        out.latents     = dist.sample(draws.vae_eps.to(like, /*non_blocking=*/true)) *
+                      vae->config.scaling_factor;  // [B, Z, h, w]
         // 4. Text conditioning: last_hidden_state (no clip skip). [B, S, D]
-        const auto te_device  = text_encoder->parameters().front().device();
-        encoder_hidden_states = text_encoder->forward(input_ids.to(te_device)).last_hidden_state;
+        const auto te_device = text_encoder->parameters().front().device();
+        encoder_hidden_states =
+            text_encoder->forward(input_ids.to(te_device, /*non_blocking=*/true)).last_hidden_state;
     }
     const auto& latents = out.latents;
     const auto opts     = latents.options();
     // 2. Noise (+ offset noise, drawn in fp32 as the script's torch.randn; the in-place add keeps
     //    the noise's dtype), input perturbation for the noisy input only.
-    auto noise = draws.noise.to(opts);
+    auto noise = draws.noise.to(opts, /*non_blocking=*/true);
     if (config.noise_offset != 0) {
         TORCH_CHECK(draws.offset_noise.defined(), "noise_offset set but no offset_noise drawn");
-        noise = noise + (config.noise_offset * draws.offset_noise.to(latents.device())).to(opts);
+        noise = noise + (config.noise_offset *
+                         draws.offset_noise.to(latents.device(), /*non_blocking=*/true))
+                            .to(opts);
     }
     torch::Tensor input_noise = noise;
     if (config.input_perturbation != 0) {
         TORCH_CHECK(draws.perturb_noise.defined(), "input_perturbation set but no perturb_noise");
-        input_noise = noise + config.input_perturbation * draws.perturb_noise.to(opts);
+        input_noise =
+            noise + config.input_perturbation * draws.perturb_noise.to(opts, /*non_blocking=*/true);
     }
     // 3. Forward diffusion at the drawn timesteps.
-    const auto timesteps = draws.timesteps.to(latents.device(), torch::kInt64);  // [B]
-    out.noisy_latents    = scheduler.add_noise(latents, input_noise, timesteps);
+    const auto timesteps =
+        draws.timesteps.to(latents.device(), torch::kInt64, /*non_blocking=*/true);  // [B]
+    out.noisy_latents = scheduler.add_noise(latents, input_noise, timesteps);
     // 5. Target by prediction type (input perturbation does not touch it).
     out.target =
         prediction_type == "epsilon" ? noise : scheduler.get_velocity(latents, noise, timesteps);

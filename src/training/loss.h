@@ -67,9 +67,11 @@ std::vector<int64_t> latent_shape(const models::AutoencoderKLConfig& vae_config,
 //   3. offset_noise  randn(B, Z, 1, 1)      only when noise_offset != 0
 //   4. perturb_noise randn(latent_shape)    only when input_perturbation != 0
 //   5. timesteps     randint(0, num_train_timesteps, (B,))
-// All float32 / int64 on the CPU, so a seed gives the same draws on every device.
+// All float32 / int64 on the CPU, so a seed gives the same draws on every device; `pinned`
+// (a CUDA run) puts them in page-locked memory for copies that do not stop the host.
 StepDraws draw_step_randoms(at::IntArrayRef latent_shape, int64_t num_train_timesteps,
-                            at::Generator& generator, const LossConfig& config);
+                            at::Generator& generator, const LossConfig& config,
+                            bool pinned = false);
 
 // One micro-step's forward and loss. The VAE and text encoder run under NoGradGuard (frozen),
 // pixel_values [B, 3, H, W] in [-1, 1] are cast to the VAE's dtype; input_ids [B, S] int64.

@@ -32,6 +32,7 @@ AdamW::AdamW(const NamedParameters& params, AdamWOptions options) : options_(opt
 
 void AdamW::step() {
     torch::NoGradGuard no_grad;
+    if (options_.fused) return fused_step();
     for (size_t i = 0; i < params_.size(); ++i) {
         const auto& param = params_[i].second;
         const auto& grad  = param.grad();
@@ -56,6 +57,37 @@ void AdamW::update(size_t i, const torch::Tensor& param, const torch::Tensor& gr
     const double bias_correction2_sqrt = std::sqrt(bias_correction2);
     auto denom = (exp_avg_sq_[i].sqrt() / bias_correction2_sqrt).add_(o.eps);
     param.addcdiv_(exp_avg_[i], denom, -step_size);
+}
+
+// torch/optim/adamw.py `_fused_adamw` for one device and dtype: steps += 1 on the device, then
+// one _fused_adamw_ over every parameter that has a gradient.
+void AdamW::fused_step() {
+    step_tensors_.resize(params_.size());
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    for (size_t i = 0; i < params_.size(); ++i) {
+        const auto& param = params_[i].second;
+        const auto& grad  = param.grad();
+        if (!grad.defined()) continue;
+        if (!exp_avg_[i].defined()) {
+            exp_avg_[i]    = torch::zeros_like(param, at::MemoryFormat::Preserve);
+            exp_avg_sq_[i] = torch::zeros_like(param, at::MemoryFormat::Preserve);
+        }
+        if (!step_tensors_[i].defined())  // first step, or after load_state_dict
+            step_tensors_[i] = torch::full({}, static_cast<double>(steps_[i]),
+                                           torch::dtype(torch::kFloat32).device(param.device()));
+        ++steps_[i];
+        params.push_back(param);
+        grads.push_back(grad);
+        exp_avgs.push_back(exp_avg_[i]);
+        exp_avg_sqs.push_back(exp_avg_sq_[i]);
+        steps.push_back(step_tensors_[i]);
+    }
+    if (params.empty()) return;
+    at::_foreach_add_(steps, 1);
+    const auto& o = options_;
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, o.lr,
+                      o.beta1, o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
 }
 
 void AdamW::zero_grad() {
@@ -98,6 +130,7 @@ TensorMap AdamW::state_dict() const {
 
 void AdamW::load_state_dict(const TensorMap& state) {
     read_steps(state);
+    step_tensors_.clear();  // the fused path rebuilds them from steps_
     for (size_t i = 0; i < params_.size(); ++i) {
         const std::string& name = params_[i].first;
         const auto& param       = params_[i].second;
@@ -124,7 +157,17 @@ int64_t AdamW::state_bytes() const {
 std::unique_ptr<AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& options,
                                   bool use_8bit) {
     if (use_8bit) return std::make_unique<AdamW8bit>(params, options);
-    return std::make_unique<AdamW>(params, options);
+    AdamWOptions o = options;
+    c10::optional<torch::Device> device;
+    bool cuda = true;
+    for (const auto& item : params) {
+        const auto& p = item.value();
+        if (!p.requires_grad()) continue;
+        if (!device) device = p.device();
+        cuda = cuda && p.is_cuda() && p.device() == *device && p.scalar_type() == torch::kFloat32;
+    }
+    o.fused = o.fused || (cuda && device.has_value());
+    return std::make_unique<AdamW>(params, o);
 }
 
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm,
@@ -137,6 +180,15 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
     const auto device = grads[0].device();
     torch::Tensor total_norm;
     std::vector<torch::Tensor> norms;
+    if (device.is_cuda()) {  // torch's foreach path on CUDA: a few kernels for all gradients
+        const auto per = at::_foreach_norm(grads, norm_type);
+        total_norm     = std::isinf(norm_type) ? torch::stack(per).max()
+                                               : torch::norm(torch::stack(per), norm_type);
+        const auto clip_coef_clamped =
+            torch::clamp_max((total_norm + 1e-6).reciprocal() * max_norm, 1.0);
+        at::_foreach_mul_(grads, clip_coef_clamped);
+        return total_norm;
+    }
     if (std::isinf(norm_type)) {
         for (const auto& g : grads) norms.push_back(g.abs().max().to(device));
         total_norm = norms.size() == 1 ? norms[0] : torch::stack(norms).max();

@@ -37,6 +37,7 @@
 #include "training/progress.h"
 #include "training/validation.h"
 #include "util/autocast.h"
+#include "util/device.h"
 #include "util/grad_scaler.h"
 #include "util/log.h"
 #include "util/torch_compat.h"
@@ -187,9 +188,13 @@ TrainResult train(const TrainConfig& c) {
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
                                           world.local_world_size));
     // One GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
-    const torch::Device device(c.device == "cuda" && world.distributed()
-                                   ? "cuda:" + std::to_string(world.local_rank)
-                                   : c.device);
+    const torch::Device device = [&] {
+        try {
+            return resolve_device(c.device, world.distributed() ? world.local_rank : 0);
+        } catch (const DeviceError& e) {
+            throw FlagError(e.what());
+        }
+    }();
     if (device.is_cpu() && c.mixed_precision == "fp16")
         throw FlagError(
             "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
@@ -219,6 +224,7 @@ TrainResult train(const TrainConfig& c) {
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
     lc.seed             = seed;
     lc.skip_bad_samples = c.skip_bad_samples;
+    lc.pin_memory       = device.is_cuda();
     lc.rank             = dp.rank();
     lc.world_size       = W;
     data::DataLoader loader(dataset, lc);
@@ -443,7 +449,7 @@ TrainResult train(const TrainConfig& c) {
             shape[0]   = dp.active() ? batch->global_size : n;
             auto draws = draw_step_randoms(latent_shape(vae->config, shape),
                                            noise_scheduler.config().num_train_timesteps, generator,
-                                           loss_cfg);
+                                           loss_cfg, device.is_cuda());
             if (last_micro) dp.before_last_backward();
             ++micro;
             if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
@@ -451,8 +457,10 @@ TrainResult train(const TrainConfig& c) {
                 continue;
             }
             if (dp.active()) draws = slice_draws(draws, batch->global_offset, n);
-            auto pixels = batch->pixel_values.to(device, frozen.dtype.value());
-            auto ids    = batch->input_ids.to(device);
+            // From pinned memory on a GPU (the loader pins its batches): no host stop.
+            auto pixels =
+                batch->pixel_values.to(device, frozen.dtype.value(), /*non_blocking=*/true);
+            auto ids = batch->input_ids.to(device, /*non_blocking=*/true);
             StepOutputs out;
             {
                 AutocastGuard autocast(device, frozen.dtype.value());  // no-op for fp32
@@ -472,13 +480,28 @@ TrainResult train(const TrainConfig& c) {
         }
         // ---- optimizer step ----
         bool stop_signal = g_stop_signal.load() != 0;
-        double loss_sum  = loss_acc.item<double>();
+        // Several processes: the loss goes through a CPU all-reduce with the sample count.
+        double loss_sum = dp.active() ? loss_acc.item<double>() : 0.0;
         // Gradients summed over ranks; the logged loss is the mean over ranks; a signal on any
         // rank stops all of them at this step.
         dp.sync_gradients(loss_sum, samples, stop_signal, global_step);
         if (scaler.is_enabled()) scaler.unscale_(param_list);
-        const double grad_norm = clip_grad_norm(param_list, c.max_grad_norm).item<double>();
-        const double step_lr   = schedule.get_lr();
+        // The step's one read of device values: gradient norm, loss, fp16 overflow flag together
+        // (on a GPU each separate read would wait for the device once more).
+        double grad_norm = 0;
+        {
+            std::vector<torch::Tensor> parts{
+                clip_grad_norm(param_list, c.max_grad_norm).to(torch::kFloat64).reshape({1})};
+            if (!dp.active()) parts.push_back(loss_acc.reshape({1}).to(parts[0].device()));
+            if (scaler.is_enabled())
+                parts.push_back(scaler.found_inf_tensor().to(parts[0].device(), torch::kFloat64));
+            const auto host = torch::cat(parts).to(torch::kCPU);
+            const auto* v   = host.data_ptr<double>();
+            grad_norm       = v[0];
+            if (!dp.active()) loss_sum = v[1];
+            if (scaler.is_enabled()) scaler.set_found_inf(v[parts.size() - 1] != 0);
+        }
+        const double step_lr = schedule.get_lr();
         optimizer->set_lr(step_lr);
         // A NaN / infinite loss or gradient never reaches the weights (training/divergence.h).
         const bool finite = DivergenceGuard::finite(loss_sum, grad_norm, scaler.is_enabled());

@@ -29,7 +29,7 @@ void GradScaler::unscale_(const std::vector<torch::Tensor>& params) {
     // grad_scaler.py: inv_scale = self._scale.double().reciprocal().float()
     const float inv_scale = static_cast<float>(1.0 / static_cast<double>(scale_));
     torch::NoGradGuard no_grad;
-    torch::Tensor found;  // one device-side flag, read once: no sync per gradient
+    std::vector<torch::Tensor> grads;
     for (const auto& p : params) {
         const auto& g = p.grad();
         if (!g.defined()) continue;
@@ -37,12 +37,19 @@ void GradScaler::unscale_(const std::vector<torch::Tensor>& params) {
             throw std::invalid_argument(
                 "GradScaler: attempting to unscale fp16 gradients; keep fp32 master weights "
                 "(autocast) instead of casting the trained model to fp16");
-        auto bad = torch::isfinite(g).logical_not().any();
-        found    = found.defined() ? found.logical_or(bad) : bad;
-        g.mul_(inv_scale);  // _amp_foreach_non_finite_check_and_unscale_
+        if (!grads.empty() && g.device() != grads[0].device())
+            throw std::invalid_argument("GradScaler: gradients on several devices");
+        grads.push_back(g);
     }
-    found_inf_ = found.defined() && found.item<bool>();
-    unscaled_  = true;
+    const auto device = grads.empty() ? torch::Device(torch::kCPU) : grads[0].device();
+    const auto f32    = torch::dtype(torch::kFloat32).device(device);
+    found_inf_device_ = torch::zeros({1}, f32);
+    // One kernel for all gradients: grad *= inv_scale, found_inf = 1 if any is inf / nan.
+    if (!grads.empty())
+        at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf_device_,
+                                                       torch::full({1}, inv_scale, f32));
+    found_inf_known_ = false;
+    unscaled_        = true;
 }
 
 bool GradScaler::step(const std::function<void()>& optimizer_step,
@@ -52,7 +59,7 @@ bool GradScaler::step(const std::function<void()>& optimizer_step,
         return true;
     }
     if (!unscaled_) unscale_(params);
-    if (found_inf_) return false;
+    if (found_inf()) return false;
     optimizer_step();
     return true;
 }
@@ -65,7 +72,7 @@ void GradScaler::update() {
             "step() first");
     // _amp_update_scale_: back off on overflow; grow after growth_interval clean steps, unless
     // growing would overflow the float32 scale itself.
-    if (found_inf_) {
+    if (found_inf()) {
         scale_          = static_cast<float>(scale_ * options_.backoff_factor);
         growth_tracker_ = 0;
     } else if (growth_tracker_ + 1 == options_.growth_interval) {
@@ -75,8 +82,23 @@ void GradScaler::update() {
     } else {
         ++growth_tracker_;
     }
-    unscaled_  = false;
-    found_inf_ = false;
+    unscaled_         = false;
+    found_inf_        = false;
+    found_inf_known_  = true;
+    found_inf_device_ = torch::Tensor();
+}
+
+bool GradScaler::found_inf() {
+    if (!found_inf_known_) {
+        found_inf_       = found_inf_device_.item<float>() != 0;
+        found_inf_known_ = true;
+    }
+    return found_inf_;
+}
+
+void GradScaler::set_found_inf(bool found) {
+    found_inf_       = found;
+    found_inf_known_ = true;
 }
 
 nlohmann::json GradScaler::state_dict() const {

@@ -35,8 +35,9 @@ class GradScaler {
     bool is_enabled() const { return options_.enabled; }
     // loss * scale, in fp32 (or the loss itself when disabled).
     torch::Tensor scale(const torch::Tensor& loss) const;
-    // Divides every defined .grad of `params` by the scale in place and records whether any
-    // gradient holds inf / nan. Throws when called twice before update() or on fp16 gradients.
+    // Divides every defined .grad of `params` by the scale in place and records, on their
+    // device, whether any gradient holds inf / nan (torch's fused kernel: no host read).
+    // Throws when called twice before update() or on fp16 gradients.
     void unscale_(const std::vector<torch::Tensor>& params);
     // Runs `optimizer_step` unless the recorded gradients overflowed; returns whether it ran.
     // Unscales first (with the params passed to the last unscale_) if unscale_ was not called.
@@ -47,7 +48,12 @@ class GradScaler {
 
     double get_scale() const { return scale_; }
     int64_t growth_tracker() const { return growth_tracker_; }
-    bool found_inf() const { return found_inf_; }
+    // Whether the unscaled gradients overflowed: read from the device on first use, unless the
+    // caller read it together with other values and passed it to set_found_inf.
+    bool found_inf();
+    // The device flag of the last unscale_ (float [1], 1 = overflow); undefined before.
+    const torch::Tensor& found_inf_tensor() const { return found_inf_device_; }
+    void set_found_inf(bool found);
 
     // torch's GradScaler.state_dict(): scale, growth_factor, backoff_factor, growth_interval,
     // _growth_tracker. Empty when disabled, as in torch.
@@ -60,6 +66,8 @@ class GradScaler {
     int64_t growth_tracker_ = 0;
     bool unscaled_          = false;  // unscale_ ran since the last update()
     bool found_inf_         = false;
+    bool found_inf_known_   = true;  // found_inf_ holds the device flag's value
+    torch::Tensor found_inf_device_;
 };
 
 }  // namespace t2i

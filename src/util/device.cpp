@@ -1,0 +1,78 @@
+// Implements: util/device.h.
+#include "util/device.h"
+
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+#include "util/log.h"
+
+namespace t2i {
+
+namespace {
+
+// Collects libtorch warnings (TORCH_WARN) instead of printing them.
+struct CollectWarnings : c10::WarningHandler {
+    std::string text;
+    void process(const c10::Warning& warning) override {
+        if (!text.empty()) text += "; ";
+        text += warning.msg();
+    }
+};
+
+}  // namespace
+
+int cuda_device_count(std::string* why) {
+    CollectWarnings warnings;
+    c10::WarningUtils::WarningHandlerGuard guard(&warnings);
+    int n = 0;
+    try {
+        n = static_cast<int>(torch::cuda::device_count());
+    } catch (const std::exception& e) {
+        warnings.text += e.what();
+        n = 0;
+    }
+    if (why) *why = warnings.text;
+    return n;
+}
+
+torch::Device resolve_device(const std::string& value, int default_index, const std::string& flag) {
+    if (value == "cpu") return torch::kCPU;
+    int index = default_index;
+    if (value.rfind("cuda:", 0) == 0) {
+        const std::string digits = value.substr(5);
+        if (digits.empty() || digits.size() > 4 ||
+            digits.find_first_not_of("0123456789") != std::string::npos)
+            throw DeviceError(flag + " '" + value +
+                              "': expected cpu, cuda or cuda:N (N = 0, 1, ...)");
+        index = std::stoi(digits);
+    } else if (value != "cuda") {
+        throw DeviceError(flag + " '" + value + "': expected cpu, cuda or cuda:N (N = 0, 1, ...)");
+    }
+    std::string why;
+    const int n = cuda_device_count(&why);
+    if (n == 0) {
+        // The first line of libtorch's reason ("Found no NVIDIA driver on your system...").
+        const auto cut = why.find_first_of("\n");
+        why            = why.substr(0, cut);
+        throw DeviceError(
+            flag + " " + value + ": no usable CUDA GPU on this machine" +
+            (why.empty() ? std::string(" (libtorch sees 0 CUDA devices)") : " (" + why + ")") +
+            "; use " + flag + " cpu");
+    }
+    if (index < 0 || index >= n)
+        throw DeviceError(
+            strformat("%s %s: this machine has %d CUDA device(s), cuda:0 .. cuda:%d%s",
+                      flag.c_str(), value.c_str(), n, n - 1,
+                      value == "cuda" ? " (a plain cuda under a launcher is "
+                                        "cuda:LOCAL_RANK: more processes than GPUs?)"
+                                      : ""));
+    const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+    // The current device of this thread too (as torch.cuda.set_device): cuBLAS handles, NCCL and
+    // kernels launched without an explicit index use it.
+    c10::impl::VirtualGuardImpl(c10::kCUDA).setDevice(device);
+    return device;
+}
+
+}  // namespace t2i

@@ -1,0 +1,28 @@
+// Implements: the --device flag of `t2i train` and `t2i generate`: "cpu", "cuda", "cuda:N",
+// parsed and checked against what this machine has before anything is loaded, with one-line
+// errors (no libtorch stack trace, no CUDA warning on stderr).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace t2i {
+
+// A --device value that cannot be used here; the CLI turns it into exit code 2.
+struct DeviceError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Number of usable CUDA devices (0 on a machine without a GPU or driver). libtorch's own
+// warning about a missing driver is swallowed; `why` (optional) receives it.
+int cuda_device_count(std::string* why = nullptr);
+
+// "cpu" | "cuda" | "cuda:N" -> a device that exists. A plain "cuda" means cuda:`default_index`
+// (LOCAL_RANK under a launcher, as accelerate does). A CUDA device becomes the current one.
+// Throws DeviceError naming `flag`.
+torch::Device resolve_device(const std::string& value, int default_index = 0,
+                             const std::string& flag = "--device");
+
+}  // namespace t2i
