@@ -63,6 +63,7 @@ void ProgressReporter::update(const StepMetrics& m) {
                          {"peak_rss_mb", peak_rss_mb()},
                          {"optimizer_state_mb", m.optimizer_state_mb},
                          {"comm_wait_s", m.comm_wait_s}};
+        if (m.peak_gpu_mb >= 0) j["peak_gpu_mb"] = m.peak_gpu_mb;
         std::fprintf(metrics_, "%s\n", j.dump().c_str());
         std::fflush(metrics_);
     }

@@ -17,8 +17,9 @@ struct StepMetrics {
     double grad_norm;   // pre-clip total norm
     double step_time;   // seconds of this optimizer step (data included)
     double samples_per_s;
-    double optimizer_state_mb = 0;  // this process's AdamW state (a 1/W share under ZeRO-1)
-    double comm_wait_s        = 0;  // waiting for the gradient all-reduce after backward
+    double optimizer_state_mb = 0;   // this process's AdamW state (a 1/W share under ZeRO-1)
+    double comm_wait_s        = 0;   // waiting for the gradient all-reduce after backward
+    double peak_gpu_mb        = -1;  // peak memory allocated on the GPU so far (-1: CPU run)
 };
 
 class ProgressReporter {

@@ -520,7 +520,7 @@ TrainResult train(const TrainConfig& c) {
         if (progress)
             progress->update({global_step, epoch, losses.back(), step_lr, grad_norm, dt,
                               samples / dt, double(optimizer->state_bytes()) / (1 << 20),
-                              dp.comm_wait_seconds()});
+                              dp.comm_wait_seconds(), peak_device_memory_mb(device)});
         if (tensorboard) {
             tensorboard->add_scalar("train_loss", losses.back(), global_step);
             tensorboard->add_scalar("lr", step_lr, global_step);

@@ -1,6 +1,7 @@
 // Implements: util/device.h.
 #include "util/device.h"
 
+#include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
@@ -73,6 +74,13 @@ torch::Device resolve_device(const std::string& value, int default_index, const 
     // kernels launched without an explicit index use it.
     c10::impl::VirtualGuardImpl(c10::kCUDA).setDevice(device);
     return device;
+}
+
+double peak_device_memory_mb(const torch::Device& device) {
+    if (device.is_cpu()) return -1;
+    const auto stats     = c10::getDeviceAllocator(device.type())->getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1 << 20);
 }
 
 }  // namespace t2i

@@ -25,4 +25,8 @@ int cuda_device_count(std::string* why = nullptr);
 torch::Device resolve_device(const std::string& value, int default_index = 0,
                              const std::string& flag = "--device");
 
+// Peak bytes the caching allocator has handed out on a GPU since the start, in MB (torch's
+// max_memory_allocated); -1 for the CPU.
+double peak_device_memory_mb(const torch::Device& device);
+
 }  // namespace t2i
