@@ -125,7 +125,8 @@ void visit_flags(Config& c, Visitor&& v) {
       "epsilon or v_prediction. Default: the model scheduler's prediction_type. t2i also writes it "
       "into the saved scheduler config (the original does not).");
     v(c.enable_xformers_memory_efficient_attention, "enable_xformers_memory_efficient_attention",
-      "Accepted for compatibility; t2i picks its attention kernel itself.");
+      "Accepted: t2i's default attention is already libtorch's fused scaled-dot-product "
+      "attention (flash / memory-efficient kernels on CUDA), what xformers gave.");
     // Data
     v(c.dataset_name, "dataset_name",
       "A local dataset: a folder (imagefolder with metadata.jsonl/.csv, or images with "
