@@ -77,9 +77,31 @@ TEST(Device, TrainAndGenerateRefuseCudaWithoutAGpuInOneLine) {
         EXPECT_NE(r.out.find("--device cuda"), std::string::npos) << r.out;
         EXPECT_NE(r.out.find("no usable CUDA GPU"), std::string::npos) << r.out;
     }
+    // NCCL with CPU tensors: refused by the flag check, before anything starts.
+    const auto nccl = testing::run_t2i(
+        {"train", "--pretrained_model_name_or_path", fixture("tiny-sd1"), "--train_data_dir", data,
+         "--output_dir", dir.file("out"), "--resolution", "32", "--ddp_backend", "nccl"});
+    EXPECT_EQ(nccl.code, 2) << nccl.out;
+    EXPECT_NE(nccl.out.find("--ddp_backend: nccl moves CUDA tensors only"), std::string::npos)
+        << nccl.out;
     EXPECT_FALSE(std::filesystem::exists(dir.file("a.png")));
     EXPECT_FALSE(std::filesystem::exists(dir.file("out")));
 }
+
+// fp32 means fp32 here: cuDNN's default TF32 convolutions (what diffusers users get too) round to
+// ~1e-3, beyond these comparisons' tolerance.
+struct NoTf32 {
+    const bool cudnn  = at::globalContext().allowTF32CuDNN();
+    const bool cublas = at::globalContext().allowTF32CuBLAS();
+    NoTf32() {
+        at::globalContext().setAllowTF32CuDNN(false);
+        at::globalContext().setAllowTF32CuBLAS(false);
+    }
+    ~NoTf32() {
+        at::globalContext().setAllowTF32CuDNN(cudnn);
+        at::globalContext().setAllowTF32CuBLAS(cublas);
+    }
+};
 
 // Loads tiny-sd1's component `load` on the CPU and on cuda:0.
 template <typename Load>
@@ -91,6 +113,7 @@ auto on_both(Load load) {
 
 TEST(Cuda, ClipAndVaeForwardMatchCpu) {
     T2I_REQUIRE_CUDA();
+    NoTf32 fp32;
     torch::NoGradGuard no_grad;
     const std::string dir = fixture("tiny-sd1");
     auto [te_cpu, te_gpu] = on_both([&](const pipeline::LoadOptions& o) {
@@ -117,6 +140,7 @@ TEST(Cuda, ClipAndVaeForwardMatchCpu) {
 
 TEST(Cuda, SamplerStepsMatchCpu) {
     T2I_REQUIRE_CUDA();
+    NoTf32 fp32;
     const std::string dir = fixture("tiny-sd1");
     auto make             = [&](const pipeline::LoadOptions& o) {
         return pipeline::StableDiffusionPipeline(

@@ -6,7 +6,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_NCCL
+#ifdef T2I_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -66,12 +66,12 @@ WorldInfo WorldInfo::from_env() {
 // for CUDA tensors with --ddp_backend nccl (as torch keeps a Gloo group for object collectives).
 struct ProcessGroup::Backend {
     c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
-#ifdef USE_C10D_NCCL
+#ifdef T2I_WITH_NCCL
     c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
 #endif
     template <typename Fn>
     auto call(bool device_tensors, Fn&& fn) {
-#ifdef USE_C10D_NCCL
+#ifdef T2I_WITH_NCCL
         if (nccl && device_tensors) return fn(nccl);
 #endif
         (void)device_tensors;
@@ -118,7 +118,7 @@ ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
         throw std::runtime_error("--ddp_backend must be gloo or nccl, got '" + options.backend +
                                  "'");
     if (options.backend == "nccl") {
-#ifdef USE_C10D_NCCL
+#ifdef T2I_WITH_NCCL
         auto o         = c10d::ProcessGroupNCCL::Options::create();
         o->timeout     = options.timeout;
         backend_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(

@@ -175,7 +175,7 @@ torch::Tensor DiagonalGaussianDistribution::sample(const torch::Tensor& eps,
                                                    c10::optional<at::Generator> generator) const {
     if (eps.defined()) return mean + std * eps;
     // Drawn where the generator lives, then moved (diffusers' randn_tensor).
-    const auto where = generator ? generator->device() : mean.device();
+    const auto where = generator && generator->defined() ? generator->device() : mean.device();
     return mean +
            std * at::randn(mean.sizes(), generator, mean.options().device(where)).to(mean.device());
 }

@@ -106,10 +106,17 @@ GenerateResult StableDiffusionPipeline::operator()(const GenerateOptions& o,
         // overflows in fp16), then goes back to fp16.
         const auto vae_dtype = vae_->parameters().front().scalar_type();
         const bool upcast    = vae_dtype == torch::kFloat16 && vae_->config.force_upcast;
+        struct Upcast {  // back to fp16 also when decoding throws
+            models::AutoencoderKL& vae;
+            bool on;
+            torch::ScalarType dtype;
+            ~Upcast() {
+                if (on) vae->to(dtype);
+            }
+        } upcast_guard{vae_, upcast, vae_dtype};
         if (upcast) vae_->to(torch::kFloat32);
-        auto decoded = vae_->decode(latents.to(upcast ? torch::kFloat32 : vae_dtype) /
-                                    vae_->config.scaling_factor);  // [N, 3, H, W]
-        if (upcast) vae_->to(vae_dtype);
+        auto decoded  = vae_->decode(latents.to(upcast ? torch::kFloat32 : vae_dtype) /
+                                     vae_->config.scaling_factor);  // [N, 3, H, W]
         result.images = to_uint8_images(decoded);
     }
     result.total_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();

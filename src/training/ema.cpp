@@ -67,8 +67,7 @@ void EMAModel::step(const NamedTensors& params) {
         }
     std::vector<torch::Tensor> list;
     for (const auto& item : params) list.push_back(item.value());
-    // On a GPU the foreach kernels always (a few launches instead of three per parameter).
-    if (config_.foreach || device.is_cuda())
+    if (config_.foreach)  // --foreach_ema: a few launches instead of three per parameter
         step_foreach(list, one_minus_decay);
     else
         step_loop(list, one_minus_decay);

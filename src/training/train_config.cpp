@@ -146,6 +146,9 @@ void TrainConfig::validate() const {
     if (stop_after_steps)
         require_range("stop_after_steps", double(*stop_after_steps), 1, kMaxCount);
     if (!ddp_backend.empty()) require_one_of("ddp_backend", ddp_backend, {"gloo", "nccl"});
+    if (ddp_backend == "nccl" && device == "cpu")
+        bad("ddp_backend",
+            "nccl moves CUDA tensors only; give --device cuda, or use gloo on the CPU");
     require_range("ddp_timeout", ddp_timeout, 1e-3, 1e7);
     require_range("ddp_bucket_cap_mb", ddp_bucket_cap_mb, 1e-3, 1e5);
     if (zero_stage != 0 && zero_stage != 1)
