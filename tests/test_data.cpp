@@ -119,9 +119,7 @@ TEST(Transforms, NormalizeCropAndFlip) {
 
 // ---- (c) dataset layouts ------------------------------------------------------------------
 
-tokenizer::CLIPTokenizer tiny_tokenizer() {
-    return tokenizer::CLIPTokenizer::from_pretrained(testing::fixture("tiny-sd1/tokenizer"));
-}
+using testing::tiny_tokenizer;
 
 data::DatasetConfig small_config(const std::string& dir) {
     data::DatasetConfig cfg;

@@ -157,9 +157,7 @@ TEST(ImageIo, AHugeFileIsNotReadWholeBeforeItsHeaderIsChecked) {
     EXPECT_LT(max_rss_mb() - before, 500.0);  // reading the file would take 4 GB
 }
 
-tokenizer::CLIPTokenizer tiny_tokenizer() {
-    return tokenizer::CLIPTokenizer::from_pretrained(fixture("tiny-sd1/tokenizer"));
-}
+using testing::tiny_tokenizer;
 
 data::DatasetConfig dataset_config(const std::string& dir) {
     data::DatasetConfig cfg;

@@ -1,4 +1,4 @@
-// Tests: gradient checkpointing (util/checkpoint.h, UNet2DConditionModel::
+// Tests: gradient checkpointing (util/activation_checkpoint.h, UNet2DConditionModel::
 // enable_gradient_checkpointing), autocast mixed precision (util/autocast.h,
 // models/normalization.h), whole-model bf16 VAE / text encoder, and GradScaler's update rule
 // (util/grad_scaler.h, torch.cuda.amp.GradScaler semantics).
@@ -10,8 +10,8 @@
 #include "io/json_config.h"
 #include "pipeline/model_dir.h"
 #include "test_util.h"
+#include "util/activation_checkpoint.h"
 #include "util/autocast.h"
-#include "util/checkpoint.h"
 #include "util/grad_scaler.h"
 
 namespace t2i {

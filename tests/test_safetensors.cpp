@@ -22,15 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 using testing::fixture;
 using testing::TempDir;
+using testing::write_bytes;
 
 std::string read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream out(path, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 // 8-byte little-endian length, then the header, then `data_size` zero bytes. `length` overrides

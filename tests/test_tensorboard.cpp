@@ -1,6 +1,6 @@
 // Tests io/tensorboard.h against the TFRecord / CRC32C specifications and the tensorboard protos:
 // CRC known vectors (RFC 3720 B.4), exact bytes of scalar and text events, and a full round trip
-// through io/tensorboard_reader.h, which verifies both CRCs of every record.
+// through tests/tensorboard_reader.h, which verifies both CRCs of every record.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -15,7 +15,7 @@
 #include "io/file_util.h"
 #include "io/image_io.h"
 #include "io/tensorboard.h"
-#include "io/tensorboard_reader.h"
+#include "tensorboard_reader.h"
 #include "test_util.h"
 
 namespace t2i::io {

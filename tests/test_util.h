@@ -18,6 +18,7 @@
 
 #include "io/image_io.h"
 #include "io/safetensors.h"
+#include "tokenizer/clip_tokenizer.h"
 
 namespace t2i::testing {
 
@@ -47,6 +48,11 @@ inline RunResult run_t2i(const std::vector<std::string>& args) {
 
 inline std::string fixtures_dir() { return T2I_FIXTURES_DIR; }
 inline std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
+
+// tiny-sd1's 1000-token CLIP tokenizer.
+inline tokenizer::CLIPTokenizer tiny_tokenizer() {
+    return tokenizer::CLIPTokenizer::from_pretrained(fixture("tiny-sd1/tokenizer"));
+}
 
 // A temporary folder removed at the end of the test.
 class TempDir {

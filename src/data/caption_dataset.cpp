@@ -111,12 +111,6 @@ std::vector<fs::path> list_files(const fs::path& dir, const DatasetConfig& cfg,
     return files;
 }
 
-std::string join(const std::vector<std::string>& items) {
-    std::string out;
-    for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
-    return out;
-}
-
 void add_column(std::vector<std::string>* columns, const std::string& name) {
     if (std::find(columns->begin(), columns->end(), name) == columns->end())
         columns->push_back(name);

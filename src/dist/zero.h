@@ -11,12 +11,14 @@
 #include <vector>
 
 #include "dist/process_group.h"
-#include "training/optimizer.h"
+#include "io/safetensors.h"
 
 namespace t2i::dist {
 
-using training::NamedParameters;
-using training::TensorMap;
+// The same types as training::NamedParameters / training::TensorMap, named here so that dist/
+// does not include training/ (which includes dist/).
+using NamedParameters = torch::OrderedDict<std::string, torch::Tensor>;
+using TensorMap       = io::TensorMap;
 
 // owner[i] = the rank that owns parameter i. Deterministic: the same on every rank.
 std::vector<int> partition_parameters(const NamedParameters& params, int world_size);

@@ -12,7 +12,6 @@ std::atomic<AttentionBackend> g_backend{AttentionBackend::kFused};
 }
 
 void set_attention_backend(AttentionBackend backend) { g_backend = backend; }
-AttentionBackend attention_backend() { return g_backend; }
 
 torch::Tensor attention_scores_apply(const torch::Tensor& q, const torch::Tensor& k,
                                      const torch::Tensor& v, double scale, bool upcast_attention,

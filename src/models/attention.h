@@ -18,7 +18,6 @@ namespace t2i::models {
 // bmm), the path the fixtures' golden numbers came from (torch 1.13).
 enum class AttentionBackend { kReference, kFused };
 void set_attention_backend(AttentionBackend backend);
-AttentionBackend attention_backend();
 
 struct AttentionOptions {
     int64_t query_dim;

@@ -1,7 +1,7 @@
 // Implements: models/unet_blocks.h.
 #include "models/unet_blocks.h"
 
-#include "util/checkpoint.h"
+#include "util/activation_checkpoint.h"
 
 namespace t2i::models {
 

@@ -51,7 +51,6 @@ class CLIPTokenizer {
     int64_t bos_token_id() const { return bos_id_; }
     int64_t eos_token_id() const { return eos_id_; }
     int64_t pad_token_id() const { return pad_id_; }
-    int64_t unk_token_id() const { return unk_id_; }
     // Id of a token string: added tokens first, then vocab.json, else the unk id.
     int64_t token_to_id(const std::string& token) const;
 

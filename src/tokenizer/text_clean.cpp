@@ -25,10 +25,6 @@ TextCleanMode parse_clean_mode(const std::string& name) {
                              "(transformers' BasicTokenizer fallback)");
 }
 
-const char* clean_mode_name(TextCleanMode mode) {
-    return mode == TextCleanMode::kFtfy ? "ftfy" : "basic";
-}
-
 namespace {
 
 // CLIP's whitespace_clean: regex `\s+` -> " ", then str.strip().

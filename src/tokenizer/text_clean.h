@@ -18,7 +18,6 @@ enum class TextCleanMode { kFtfy, kBasic };
 
 // "ftfy" | "basic"; anything else throws naming the accepted values.
 TextCleanMode parse_clean_mode(const std::string& name);
-const char* clean_mode_name(TextCleanMode mode);
 
 // The cleaned text CLIP's regex and BPE run on (UTF-8 in, UTF-8 out).
 std::string clean_text(const std::string& text, TextCleanMode mode);

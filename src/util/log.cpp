@@ -8,8 +8,6 @@
 #include <thread>
 #include <vector>
 
-#include "util/torch_compat.h"
-
 namespace t2i {
 
 static int g_rank = 0, g_world_size = 1;
@@ -81,15 +79,6 @@ std::string join(const std::vector<std::string>& names) {
     std::string s;
     for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
     return s;
-}
-
-void set_num_threads(int n) {
-    if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-    if (n <= 0) n = 1;
-    torch::set_num_threads(n);
-    // Initializes this thread's OpenMP team size now, so worker threads that later lower the
-    // global count for themselves (data loading) do not lower it here.
-    (void)at::get_num_threads();
 }
 
 }  // namespace t2i

@@ -1,5 +1,5 @@
-// Implements: util/checkpoint.h.
-#include "util/checkpoint.h"
+// Implements: util/activation_checkpoint.h.
+#include "util/activation_checkpoint.h"
 
 #include <mutex>
 

@@ -1,5 +1,5 @@
 // Implements: io/tensorboard_reader.h with a minimal protobuf wire-format walker.
-#include "io/tensorboard_reader.h"
+#include "tensorboard_reader.h"
 
 #include <cstring>
 #include <functional>
