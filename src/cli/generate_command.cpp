@@ -90,27 +90,6 @@ void check_output_path(const std::string& path, const char* flag, const char* ki
                          "; t2i does not replace it: choose another name");
 }
 
-// The folder whose unet/ (or a checkpoint's unet_ema/, else unet/) is used, and the folder with
-// the other components.
-std::pair<std::string, std::string> resolve_folders(const GenerateFlags& f) {
-    if (io::file_exists(f.model + "/model_index.json")) {
-        pipeline::read_pipeline_index(f.model);  // names a missing component
-        return {f.model + "/unet", f.model};
-    }
-    if (io::dir_exists(f.model + "/unet")) {  // a checkpoint-N folder: UNet only
-        if (f.base_model.empty())
-            throw UsageError("--model '" + f.model +
-                             "' holds only a UNet (a checkpoint); give "
-                             "--base_model DIR for the VAE, text encoder, tokenizer and scheduler");
-        pipeline::read_pipeline_index(f.base_model);
-        const bool ema = io::dir_exists(f.model + "/unet_ema");
-        log_info("using %s/%s", f.model.c_str(), ema ? "unet_ema (the EMA weights)" : "unet");
-        return {f.model + (ema ? "/unet_ema" : "/unet"), f.base_model};
-    }
-    pipeline::check_model_dir(f.model);  // throws with a helpful message
-    return {f.model + "/unet", f.model};
-}
-
 }  // namespace
 
 int generate_command(const std::vector<std::string>& args) {
@@ -213,12 +192,22 @@ int generate_command(const std::vector<std::string>& args) {
     if (lo.device.is_cpu() && lo.dtype == torch::kFloat16)
         throw UsageError("--torch_dtype fp16 needs --device cuda; on the CPU use bf16 or fp32");
 
-    const auto [unet_dir, base] = resolve_folders(f);
-    lo.variant                  = f.variant;
-    auto unet                   = pipeline::load_unet(unet_dir, lo);
-    auto vae                    = pipeline::load_vae(base + "/vae", lo);
-    auto text_encoder           = pipeline::load_text_encoder(base + "/text_encoder", lo);
-    auto tokenizer              = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
+    // The model (pipeline/model_dir): a pipeline folder, or a checkpoint and --base_model.
+    const auto folder = [&] {
+        try {
+            return pipeline::ModelFolder::open(f.model, f.base_model);
+        } catch (const std::invalid_argument& e) {
+            throw UsageError(e.what());
+        }
+    }();
+    if (folder.checkpoint)
+        log_info("using %s/%s", f.model.c_str(),
+                 folder.ema ? "unet_ema (the EMA weights)" : "unet");
+    lo.variant        = f.variant;
+    auto unet         = pipeline::load_unet(folder.unet_dir, lo);
+    auto vae          = pipeline::load_vae(folder.component("vae"), lo);
+    auto text_encoder = pipeline::load_text_encoder(folder.component("text_encoder"), lo);
+    auto tokenizer    = folder.tokenizer();
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    f.model);
     // The decoded images (float32) alone beyond the machine's memory: refused before sampling.
@@ -230,9 +219,8 @@ int generate_command(const std::vector<std::string>& args) {
             strformat("%lld images of %lld x %lld pixels do not fit in this machine's "
                       "memory; make fewer per run (--num_images_per_prompt, prompts)",
                       (long long)n_images, (long long)h, (long long)w));
-    auto pipe      = pipeline::StableDiffusionPipeline(unet, vae, text_encoder, tokenizer);
-    auto scheduler = schedulers::make_scheduler(
-        f.scheduler, io::read_json(base + "/scheduler/scheduler_config.json"));
+    auto pipe               = pipeline::StableDiffusionPipeline(unet, vae, text_encoder, tokenizer);
+    auto scheduler          = schedulers::make_scheduler(f.scheduler, folder.scheduler_config());
     o.prompts               = f.prompt;
     o.negative_prompts      = f.negative_prompt;
     o.num_inference_steps   = f.num_inference_steps;

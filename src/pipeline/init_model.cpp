@@ -161,10 +161,8 @@ void write_byte_tokenizer(const std::string& dir) {
 
 template <typename Model, typename Config>
 void write_component(const std::string& dir, const json& config, const std::string& weights) {
-    fs::create_directories(dir);
-    io::write_text_atomic(dir + "/config.json", config.dump(2) + "\n");
     Model model(Config::from_json(io::JsonConfig(config, dir + "/config.json")));
-    models::save_weights(*model, dir + "/" + weights);
+    save_component_folder(dir, config, *model, weights);
 }
 
 }  // namespace

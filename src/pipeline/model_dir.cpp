@@ -129,12 +129,17 @@ std::vector<std::string> shards_from_index(const std::string& index_path) {
     return out;
 }
 
-template <typename Module>
-void finish_load(Module& module, const std::vector<std::string>& files,
-                 const std::string& component, const LoadOptions& options) {
+// One loader for every component: the module from dir/config.json, then its weights
+// (`weights_base` "diffusion_pytorch_model" for diffusers, "model" for transformers).
+template <typename Module, typename Config>
+Module load_component(const std::string& dir, const std::string& weights_base,
+                      const std::string& component, const LoadOptions& options) {
+    Module module(Config::from_json(io::read_json(dir + "/config.json")));
+    const auto files = find_weight_files(dir, weights_base, options.variant);
     module->to(options.device, options.dtype.value_or(torch::kFloat32));
     models::load_weights(*module, files, component);
     module->eval();
+    return module;
 }
 
 }  // namespace
@@ -187,28 +192,107 @@ std::vector<std::string> find_weight_files(const std::string& dir, const std::st
 }
 
 models::UNet2DConditionModel load_unet(const std::string& dir, const LoadOptions& options) {
-    const auto config =
-        models::UNet2DConditionConfig::from_json(io::read_json(dir + "/config.json"));
-    models::UNet2DConditionModel unet(config);
-    finish_load(unet, find_weight_files(dir, "diffusion_pytorch_model", options.variant), "unet",
-                options);
-    return unet;
+    return load_component<models::UNet2DConditionModel, models::UNet2DConditionConfig>(
+        dir, "diffusion_pytorch_model", "unet", options);
 }
 
 models::AutoencoderKL load_vae(const std::string& dir, const LoadOptions& options) {
-    const auto config = models::AutoencoderKLConfig::from_json(io::read_json(dir + "/config.json"));
-    models::AutoencoderKL vae(config);
-    finish_load(vae, find_weight_files(dir, "diffusion_pytorch_model", options.variant), "vae",
-                options);
-    return vae;
+    return load_component<models::AutoencoderKL, models::AutoencoderKLConfig>(
+        dir, "diffusion_pytorch_model", "vae", options);
 }
 
 models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOptions& options) {
-    const auto config = models::CLIPTextConfig::from_json(io::read_json(dir + "/config.json"));
-    models::CLIPTextModel text_encoder(config);
-    finish_load(text_encoder, find_weight_files(dir, "model", options.variant), "text_encoder",
-                options);
-    return text_encoder;
+    return load_component<models::CLIPTextModel, models::CLIPTextConfig>(dir, "model",
+                                                                         "text_encoder", options);
+}
+
+ModelFolder ModelFolder::open(const std::string& model, const std::string& base_model) {
+    ModelFolder f;
+    if (io::file_exists(model + "/model_index.json")) {
+        f.index    = read_pipeline_index(model);  // names a missing component
+        f.unet_dir = model + "/unet";
+        f.base     = model;
+        return f;
+    }
+    if (io::dir_exists(model + "/unet")) {  // a checkpoint-N folder: UNet only
+        if (base_model.empty())
+            throw std::invalid_argument(
+                "--model '" + model +
+                "' holds only a UNet (a checkpoint); give --base_model DIR for the VAE, text "
+                "encoder, tokenizer and scheduler");
+        f.index      = read_pipeline_index(base_model);
+        f.checkpoint = true;
+        f.ema        = io::dir_exists(model + "/unet_ema");
+        f.unet_dir   = model + (f.ema ? "/unet_ema" : "/unet");
+        f.base       = base_model;
+        return f;
+    }
+    check_model_dir(model);  // throws with a helpful message
+    f.index    = read_pipeline_index(model);
+    f.unet_dir = model + "/unet";
+    f.base     = model;
+    return f;
+}
+
+tokenizer::CLIPTokenizer ModelFolder::tokenizer() const {
+    return tokenizer::CLIPTokenizer::from_pretrained(component("tokenizer"));
+}
+
+io::JsonConfig ModelFolder::scheduler_config() const {
+    return io::read_json(component("scheduler") + "/scheduler_config.json");
+}
+
+void save_component_folder(const std::string& dir, const nlohmann::json& config,
+                           const torch::nn::Module& module, const std::string& weights_file,
+                           const io::TensorMap* weights) {
+    fs::create_directories(dir);
+    io::write_text_atomic(dir + "/config.json", io::dump_json(config, 2) + "\n");
+    if (weights)
+        io::save_safetensors(dir + "/" + weights_file, *weights);
+    else
+        models::save_weights(module, dir + "/" + weights_file);
+    io::fsync_dir(dir);
+}
+
+void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
+                      const nlohmann::json& config, const io::TensorMap* weights_override,
+                      const nlohmann::json& extra_config) {
+    nlohmann::json cfg = config;
+    for (const auto& [k, v] : extra_config.items()) cfg[k] = v;
+    save_component_folder(dir, cfg, unet, "diffusion_pytorch_model.safetensors", weights_override);
+}
+
+void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
+                          const models::UNet2DConditionModel& unet,
+                          const nlohmann::json& scheduler_config, const std::string& variant) {
+    const std::string pid = std::to_string(::getpid());
+    for (const auto& [name, lib_cls] : base.index.components) {
+        if (name == "unet" || name == "scheduler" || !io::dir_exists(base.component(name)))
+            continue;
+        const bool has_weights = name == "vae" || name == "text_encoder";
+        out.claim(name);
+        copy_component(base.component(name), out.file(name), has_weights ? variant : "");
+    }
+    out.claim("scheduler");
+    const std::string sched_tmp = out.file("scheduler.tmp-" + pid);
+    fs::create_directories(sched_tmp);
+    io::write_text_atomic(sched_tmp + "/scheduler_config.json",
+                          io::dump_json(scheduler_config, 2) + "\n");
+    move_dir_into_place(sched_tmp, out.file("scheduler"));
+    out.claim("unet");
+    const std::string unet_tmp = out.file("unet.tmp-" + pid);
+    try {
+        save_unet_folder(unet_tmp, *unet, unet->config.raw);
+    } catch (...) {
+        std::error_code ec;
+        fs::remove_all(unet_tmp, ec);
+        throw;
+    }
+    move_dir_into_place(unet_tmp, out.file("unet"));
+    // model_index.json last: its presence means the folder is complete.
+    out.claim("model_index.json");
+    io::write_text_atomic(out.file("model_index.json"),
+                          io::dump_json(base.index.raw.json(), 2) + "\n");
 }
 
 void move_dir_into_place(const std::string& tmp, const std::string& dest) {

@@ -1,7 +1,10 @@
-// Implements: ModelDir, a Stable Diffusion model folder in diffusers layout: model_index.json and
-// one subfolder per component, each with config.json and weights. Finds the weight files the way
-// diffusers / transformers name them (variants, sharded index files) and builds each component
-// from its config.json, then loads its weights strictly.
+// Implements: the one place that knows a Stable Diffusion model folder in diffusers layout:
+// model_index.json and one subfolder per component, each with config.json and weights. Reading:
+// ModelFolder (a pipeline folder, or a checkpoint-N folder plus a base), the weight files the way
+// diffusers / transformers name them (variants, sharded index files), each component built from
+// its config.json with its weights loaded strictly, the scheduler config. Writing: component
+// folders and whole pipeline folders, under temporary names renamed into place, model_index.json
+// last. New formats (single files, LoRA files) plug in here.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,6 +15,8 @@
 #include <vector>
 
 #include "io/json_config.h"
+#include "io/output_folder.h"
+#include "io/safetensors.h"
 #include "models/clip_text.h"
 #include "models/unet.h"
 #include "models/vae.h"
@@ -64,6 +69,44 @@ models::CLIPTextModel load_text_encoder(const std::string& component_dir,
 
 // Throws a clear error when `path` is not a local diffusers folder (for example a Hub id).
 void check_model_dir(const std::string& path);
+
+// A model to read: where its UNet is and the pipeline folder of everything else.
+struct ModelFolder {
+    std::string unet_dir;  // <model>/unet, or a checkpoint's unet_ema/ (preferred) or unet/
+    std::string base;      // the pipeline folder: vae/, text_encoder/, tokenizer/, scheduler/
+    ModelIndex index;      // base's model_index.json (read_pipeline_index)
+    bool checkpoint = false;
+    bool ema        = false;  // unet_dir is a checkpoint's unet_ema/
+
+    // `model`: a pipeline folder (also a t2i training output), or a checkpoint-N folder whose
+    // other components come from `base_model` (without it: std::invalid_argument naming
+    // --base_model). Checks the index of the pipeline folder.
+    static ModelFolder open(const std::string& model, const std::string& base_model = "");
+    std::string component(const std::string& name) const { return base + "/" + name; }
+    tokenizer::CLIPTokenizer tokenizer() const;
+    // scheduler/scheduler_config.json, read once by the caller and handed on.
+    io::JsonConfig scheduler_config() const;
+};
+
+// Writes one component folder `dir`: config.json, then the module's weights as `weights_file`
+// (or `weights` instead of the module's own). Files are written atomically; `dir` is created.
+void save_component_folder(const std::string& dir, const nlohmann::json& config,
+                           const torch::nn::Module& module, const std::string& weights_file,
+                           const io::TensorMap* weights = nullptr);
+
+// A UNet folder: config.json (`config` plus `extra_config` keys) and
+// diffusion_pytorch_model.safetensors in the parameters' dtype (or `weights_override`).
+void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
+                      const nlohmann::json& config, const io::TensorMap* weights_override = nullptr,
+                      const nlohmann::json& extra_config = nlohmann::json::object());
+
+// A whole pipeline folder in `out`: `unet` and `scheduler_config` as given, every other
+// component of `base` copied unchanged (the `variant` weights under the plain names), each under
+// a temporary name renamed into place, model_index.json (base's) last: its presence means the
+// folder is complete. Only entries `out` lets t2i write are replaced.
+void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
+                          const models::UNet2DConditionModel& unet,
+                          const nlohmann::json& scheduler_config, const std::string& variant);
 
 // Copies one component folder (config + weights, tokenizer or scheduler files) from a base
 // model to `dest`, written under a temporary name and renamed into place. With a variant, only

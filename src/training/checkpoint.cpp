@@ -20,21 +20,6 @@ namespace t2i::training {
 
 namespace fs = std::filesystem;
 
-void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
-                      const nlohmann::json& config, const io::TensorMap* weights_override,
-                      const nlohmann::json& extra_config) {
-    fs::create_directories(dir);
-    nlohmann::json cfg = config;
-    for (const auto& [k, v] : extra_config.items()) cfg[k] = v;
-    io::write_text_atomic(dir + "/config.json", io::dump_json(cfg, 2) + "\n");
-    if (weights_override) {
-        io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", *weights_override);
-    } else {
-        models::save_weights(unet, dir + "/diffusion_pytorch_model.safetensors");
-    }
-    io::fsync_dir(dir);
-}
-
 namespace {
 
 // checkpoint-<N> with N a step count that fits in int64 (longer digit strings are not ours).
@@ -98,11 +83,11 @@ std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DCondition
     try {
         fs::remove_all(tmp);
         fs::create_directories(tmp);
-        save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
+        pipeline::save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
         if (ema) {
             const auto shadow = ema->shadow_map();
-            save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow,
-                             ema->config_json());
+            pipeline::save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow,
+                                       ema->config_json());
         }
         io::save_safetensors(tmp + "/optimizer.safetensors", optimizer_state);
         io::save_safetensors(tmp + "/random_states.safetensors",

@@ -38,12 +38,6 @@ struct TrainerState {
     nlohmann::json config;        // the effective TrainConfig, for provenance
 };
 
-// Writes the UNet as a diffusers folder: config.json (`config` plus `extra_config` keys) and
-// diffusion_pytorch_model.safetensors in the parameters' dtype. Files are written atomically.
-void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
-                      const nlohmann::json& config, const io::TensorMap* weights_override = nullptr,
-                      const nlohmann::json& extra_config = nlohmann::json::object());
-
 // Saves checkpoint-<state.global_step> in the output folder, then prunes the oldest checkpoints
 // t2i wrote there to `total_limit` + 1 (the original prunes first, which leaves no checkpoint at
 // all when a save with a limit of 1 is interrupted or fails). The one extra, the previous newest,

@@ -117,46 +117,19 @@ models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const T
     }
 }
 
-// Final pipeline folder: the trained (EMA) UNet plus the base model's other components copied
-// unchanged (original precision), the scheduler config with the effective prediction_type.
-// Only entries t2i may write (io::OutputFolder) are replaced; NaN weights are never saved.
+// Final pipeline folder (pipeline/model_dir): the trained (EMA) UNet, the base model's other
+// components copied unchanged (original precision), the scheduler config with the effective
+// prediction_type. Only entries t2i may write (io::OutputFolder) are replaced; NaN weights are
+// never saved.
 void save_final_model(const TrainConfig& c, io::OutputFolder& out,
-                      const models::UNet2DConditionModel& unet,
-                      const std::string& prediction_type) {
+                      const pipeline::ModelFolder& base, const models::UNet2DConditionModel& unet,
+                      const io::JsonConfig& scheduler_config, const std::string& prediction_type) {
     std::vector<std::pair<std::string, torch::Tensor>> weights;
     for (const auto& p : unet->named_parameters()) weights.emplace_back(p.key(), p.value());
     check_finite(weights, "the trained UNet");
-    const std::string& base = c.pretrained_model_name_or_path;
-    const auto index        = pipeline::read_model_index(base);
-    const std::string pid   = std::to_string(::getpid());
-    for (const auto& [name, lib_cls] : index.components) {
-        if (name == "unet" || name == "scheduler" || !io::dir_exists(base + "/" + name)) continue;
-        const bool has_weights = name == "vae" || name == "text_encoder";
-        out.claim(name);
-        pipeline::copy_component(base + "/" + name, out.file(name),
-                                 has_weights ? c.variant.value_or("") : "");
-    }
-    // scheduler: the base inference scheduler's config with the prediction type trained for.
-    auto sched               = io::read_json(base + "/scheduler/scheduler_config.json").json();
+    auto sched               = scheduler_config.json();
     sched["prediction_type"] = prediction_type;
-    out.claim("scheduler");
-    const std::string sched_tmp = out.file("scheduler.tmp-" + pid);
-    fs::create_directories(sched_tmp);
-    io::write_text_atomic(sched_tmp + "/scheduler_config.json", io::dump_json(sched, 2) + "\n");
-    pipeline::move_dir_into_place(sched_tmp, out.file("scheduler"));
-    out.claim("unet");
-    const std::string unet_tmp = out.file("unet.tmp-" + pid);
-    try {
-        save_unet_folder(unet_tmp, *unet, unet->config.raw);
-    } catch (...) {
-        std::error_code ec;
-        fs::remove_all(unet_tmp, ec);
-        throw;
-    }
-    pipeline::move_dir_into_place(unet_tmp, out.file("unet"));
-    // model_index.json last: its presence means the folder is complete.
-    out.claim("model_index.json");
-    io::write_text_atomic(out.file("model_index.json"), io::dump_json(index.raw.json(), 2) + "\n");
+    pipeline::save_pipeline_folder(out, base, unet, sched, c.variant.value_or(""));
 }
 
 }  // namespace
@@ -200,8 +173,10 @@ TrainResult train(const TrainConfig& c) {
             "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
     const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     const std::string& base = c.pretrained_model_name_or_path;
-    pipeline::read_pipeline_index(base);  // a complete Stable Diffusion folder
-    DataParallel dp(c, world, device);    // one process, or the torchrun world
+    // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
+    const auto model_folder     = pipeline::ModelFolder::open(base);
+    const auto scheduler_config = model_folder.scheduler_config();
+    DataParallel dp(c, world, device);  // one process, or the torchrun world
     const int W         = dp.world_size();
     const bool is_main  = dp.is_main();
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
@@ -216,7 +191,7 @@ TrainResult train(const TrainConfig& c) {
         log_warn("--zero_stage 1 has no effect with one process");
 
     // 1. Tokenizer and data first, so a bad column or folder fails before the models load.
-    auto tokenizer = tokenizer::CLIPTokenizer::from_pretrained(base + "/tokenizer");
+    auto tokenizer = model_folder.tokenizer();
     auto dataset   = std::make_shared<const data::CaptionDataset>(
         data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
     data::LoaderConfig lc;
@@ -256,17 +231,17 @@ TrainResult train(const TrainConfig& c) {
 
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
     //    UNet trains in fp32.
-    schedulers::DDPMScheduler noise_scheduler(schedulers::SchedulerConfig::from_json(
-        io::read_json(base + "/scheduler/scheduler_config.json")));
+    schedulers::DDPMScheduler noise_scheduler(
+        schedulers::SchedulerConfig::from_json(scheduler_config));
     pipeline::LoadOptions frozen;
     frozen.variant    = c.variant.value_or("");
     frozen.dtype      = weight_dtype_of(c);
     frozen.device     = device;
-    auto text_encoder = pipeline::load_text_encoder(base + "/text_encoder", frozen);
-    auto vae          = pipeline::load_vae(base + "/vae", frozen);
+    auto text_encoder = pipeline::load_text_encoder(model_folder.component("text_encoder"), frozen);
+    auto vae          = pipeline::load_vae(model_folder.component("vae"), frozen);
     for (auto& p : text_encoder->parameters()) p.requires_grad_(false);
     for (auto& p : vae->parameters()) p.requires_grad_(false);
-    auto unet = load_trainable_unet(base + "/unet", c, device);
+    auto unet = load_trainable_unet(model_folder.unet_dir, c, device);
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    base);
     unet->train();
@@ -390,8 +365,8 @@ TrainResult train(const TrainConfig& c) {
     // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
     auto validate = [&](int64_t step, int64_t tensorboard_step) {
         if (c.validation_prompts.empty() || !is_main) return;
-        log_validation(c, validation_pipe, ema.get(), prediction_type, seed, step, tensorboard_step,
-                       frozen.dtype.value(), tensorboard.get());
+        log_validation(c, validation_pipe, scheduler_config, ema.get(), prediction_type, seed, step,
+                       tensorboard_step, frozen.dtype.value(), tensorboard.get());
     };
 
     const std::string metrics =
@@ -565,7 +540,7 @@ TrainResult train(const TrainConfig& c) {
     divergence.finish(/*stopping=*/false);  // throws after a non-finite last step
     if (!is_main) return TrainResult::kFinished;
     if (ema) ema->copy_to(params);
-    save_final_model(c, *out, unet, prediction_type);
+    save_final_model(c, *out, model_folder, unet, scheduler_config, prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
     return TrainResult::kFinished;
 }

@@ -26,9 +26,10 @@ std::string prompt_slug(const std::string& prompt) {
 }
 
 torch::Tensor log_validation(const TrainConfig& c, pipeline::StableDiffusionPipeline& pipe,
-                             EMAModel* ema, const std::string& prediction_type, uint64_t seed,
-                             int64_t step, int64_t tensorboard_step,
-                             torch::ScalarType autocast_dtype, io::EventWriter* tensorboard) {
+                             const io::JsonConfig& scheduler_config, EMAModel* ema,
+                             const std::string& prediction_type, uint64_t seed, int64_t step,
+                             int64_t tensorboard_step, torch::ScalarType autocast_dtype,
+                             io::EventWriter* tensorboard) {
     auto unet         = pipe.unet();
     const auto params = unet->named_parameters();
     if (ema) {
@@ -36,12 +37,10 @@ torch::Tensor log_validation(const TrainConfig& c, pipeline::StableDiffusionPipe
         ema->copy_to(params);
     }
     unet->eval();
-    auto sched_json =
-        io::read_json(c.pretrained_model_name_or_path + "/scheduler/scheduler_config.json");
-    auto json               = sched_json.json();
+    auto json               = scheduler_config.json();
     json["prediction_type"] = prediction_type;  // the original keeps the base's (a quirk)
-    auto scheduler        = schedulers::make_scheduler("", io::JsonConfig(json, sched_json.path()));
-    auto generator        = at::make_generator<at::CPUGeneratorImpl>(seed);
+    auto scheduler = schedulers::make_scheduler("", io::JsonConfig(json, scheduler_config.path()));
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(seed);
     const std::string dir = c.output_dir + "/validation/step-" + std::to_string(step);
     std::filesystem::create_directories(dir);
     std::vector<torch::Tensor> images;

@@ -15,11 +15,13 @@
 
 namespace t2i::training {
 
-// Returns the [N, H, W, 3] uint8 images (one per prompt).
+// Returns the [N, H, W, 3] uint8 images (one per prompt). `scheduler_config`: the base model's
+// (pipeline/model_dir read it once for the run).
 torch::Tensor log_validation(const TrainConfig& config, pipeline::StableDiffusionPipeline& pipe,
-                             EMAModel* ema, const std::string& prediction_type, uint64_t seed,
-                             int64_t step, int64_t tensorboard_step,
-                             torch::ScalarType autocast_dtype, io::EventWriter* tensorboard);
+                             const io::JsonConfig& scheduler_config, EMAModel* ema,
+                             const std::string& prediction_type, uint64_t seed, int64_t step,
+                             int64_t tensorboard_step, torch::ScalarType autocast_dtype,
+                             io::EventWriter* tensorboard);
 
 // "a red fox, 4k!" -> "a-red-fox-4k": safe in a file name, at most 60 characters.
 std::string prompt_slug(const std::string& prompt);
