@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "models/weights.h"
 #include "pipeline/model_dir.h"
+#include "training/data_parallel.h"
 #include "training/train_config.h"
 #include "util/log.h"
 
@@ -329,6 +330,45 @@ TrainerState read_trainer_state(const std::string& file) {
     }
     state.config = object("config").json();
     return state;
+}
+
+int64_t resume_training(const TrainConfig& c, DataParallel& dp, const ResumeTargets& t,
+                        int64_t dataset_size) {
+    const auto path = dp.shared_path(
+        dp.is_main() ? resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir) : std::nullopt,
+        "resume");
+    if (!path) {
+        log_info("no checkpoint in '%s'; starting a new run", c.output_dir.c_str());
+        return 0;
+    }
+    const auto state = load_checkpoint(*path, t.unet, t.ema, t.optimizer, t.generator,
+                                       dp.optimizer_state_filter());
+    t.schedule.load_state(state.lr_schedule);
+    if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
+        t.scaler.load_state_dict(state.extra["grad_scaler"]);
+    // The loader position counts this world's batches: convert a checkpoint written by another
+    // number of processes or batch size through the samples already seen.
+    const int64_t W       = dp.world_size();
+    const int64_t saved_w = state.extra.value("world_size", int64_t(1));
+    const int64_t saved_b = state.extra.value("train_batch_size", c.train_batch_size);
+    const int64_t B       = c.train_batch_size;
+    const int64_t batch   = convert_loader_batch(state.loader.batch, saved_w, saved_b, W, B,
+                                                 dataset_size, t.loader.batches_per_epoch());
+    const int64_t seen    = state.loader.batch * saved_w * saved_b;
+    if (batch < t.loader.batches_per_epoch() && batch * W * B != seen)
+        log_warn(
+            "the checkpoint was written by %lld process(es) x batch %lld: this epoch continues at "
+            "sample %lld, the checkpoint had seen %lld (%lld samples are seen again)",
+            (long long)saved_w, (long long)saved_b, (long long)(batch * W * B), (long long)seen,
+            (long long)(seen - batch * W * B));
+    try {
+        t.loader.seek(state.loader.epoch, batch);
+    } catch (const std::exception& e) {
+        throw std::runtime_error("checkpoint '" + *path + "/training_state.json': " + e.what() +
+                                 "; was the dataset changed since the checkpoint?");
+    }
+    log_info("resumed from %s at step %lld", path->c_str(), (long long)state.global_step);
+    return state.global_step;
 }
 
 }  // namespace t2i::training

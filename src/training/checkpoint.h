@@ -26,6 +26,8 @@
 #include "training/ema.h"
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
+#include "training/train_config.h"
+#include "util/grad_scaler.h"
 
 namespace t2i::training {
 
@@ -101,5 +103,26 @@ TrainerState read_trainer_state(const std::string& file);
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
                              EMAModel* ema, AdamW& optimizer, at::Generator& generator,
                              const OptimizerStateFilter& optimizer_filter = {});
+
+class DataParallel;  // training/data_parallel.h
+
+// What a resume restores, besides the step count it returns.
+struct ResumeTargets {
+    models::UNet2DConditionModel& unet;
+    EMAModel* ema;  // null without --use_ema (or on ranks other than 0)
+    AdamW& optimizer;
+    at::Generator& generator;
+    LRSchedule& schedule;
+    GradScaler& scaler;
+    data::DataLoader& loader;
+};
+
+// --resume_from_checkpoint: rank 0 picks the checkpoint (resolve_checkpoint), every rank reads it
+// (a shared --output_dir, as accelerate needs) and restores weights, optimizer, EMA, LR step,
+// grad scaler, generator and the loader at the exact next batch (converted through the samples
+// already seen when the number of processes or the batch size changed). Returns the global step:
+// 0 when there is no checkpoint yet (a new run starts).
+int64_t resume_training(const TrainConfig& c, DataParallel& dp, const ResumeTargets& t,
+                        int64_t dataset_size);
 
 }  // namespace t2i::training

@@ -103,4 +103,21 @@ TensorMap DataParallel::checkpoint_optimizer_state(const AdamW& optimizer) {
     return is_main() ? dist::merge_optimizer_states(shards, owned_names_) : TensorMap();
 }
 
+StepDraws DataParallel::local_draws(const StepDraws& d, const data::Batch& batch) const {
+    if (!active()) return d;
+    const int64_t offset = batch.global_offset, n = batch.size();
+    auto part = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, offset, n) : t; };
+    StepDraws s;
+    s.vae_eps       = part(d.vae_eps);
+    s.noise         = part(d.noise);
+    s.offset_noise  = part(d.offset_noise);
+    s.perturb_noise = part(d.perturb_noise);
+    s.timesteps     = part(d.timesteps);
+    return s;
+}
+
+double DataParallel::loss_share(const data::Batch& batch) const {
+    return active() ? double(batch.size()) / double(batch.global_size) : 1.0;
+}
+
 }  // namespace t2i::training

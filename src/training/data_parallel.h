@@ -14,8 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "data/loader.h"
 #include "dist/process_group.h"
 #include "training/checkpoint.h"
+#include "training/loss.h"
 #include "training/optimizer.h"
 #include "training/train_config.h"
 
@@ -27,6 +29,13 @@ class DataParallel {
     // is the process's device (--device, cuda:LOCAL_RANK).
     DataParallel(const TrainConfig& config, const dist::WorldInfo& world,
                  const torch::Device& device);
+
+    // The step's draws are made for the whole world's batch (the same generator state on every
+    // rank): this rank's rows of them (all of them with one process).
+    StepDraws local_draws(const StepDraws& draws, const data::Batch& batch) const;
+    // This rank's share of the step's samples, which weights its loss so that the sum over ranks
+    // is the mean over all (1 with one process).
+    double loss_share(const data::Batch& batch) const;
 
     bool active() const { return group_ != nullptr; }  // more than one process
     int world_size() const { return group_ ? group_->size() : 1; }

@@ -99,4 +99,14 @@ void ProgressReporter::finish() {
     }
 }
 
+void report_step(ProgressReporter* progress, io::EventWriter* tensorboard, const StepMetrics& m) {
+    if (progress) progress->update(m);
+    if (!tensorboard) return;
+    tensorboard->add_scalar("train_loss", m.train_loss, m.step);
+    tensorboard->add_scalar("lr", m.lr, m.step);
+    tensorboard->add_scalar("grad_norm", m.grad_norm, m.step);
+    tensorboard->add_scalar("step_time", m.step_time, m.step);
+    tensorboard->add_scalar("samples_per_s", m.samples_per_s, m.step);
+}
+
 }  // namespace t2i::training

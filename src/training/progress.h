@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <string>
 
+#include "io/tensorboard.h"
+
 namespace t2i::training {
 
 struct StepMetrics {
@@ -44,5 +46,10 @@ class ProgressReporter {
 };
 
 std::string format_duration(double seconds);  // "1:02:03" or "02:03"
+
+// One optimizer step's report: the progress bar / metrics.jsonl line (rank 0's reporter) and
+// the TensorBoard scalars (train_loss, lr, grad_norm, step_time, samples_per_s). Either may be
+// null.
+void report_step(ProgressReporter* progress, io::EventWriter* tensorboard, const StepMetrics& m);
 
 }  // namespace t2i::training

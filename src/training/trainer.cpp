@@ -136,31 +136,13 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
 
 namespace {
 
-// Rows [offset, offset + n) of every draw: this rank's share of the step's draws.
-StepDraws slice_draws(const StepDraws& d, int64_t offset, int64_t n) {
-    auto part = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, offset, n) : t; };
-    StepDraws s;
-    s.vae_eps       = part(d.vae_eps);
-    s.noise         = part(d.noise);
-    s.offset_noise  = part(d.offset_noise);
-    s.perturb_noise = part(d.perturb_noise);
-    s.timesteps     = part(d.timesteps);
-    return s;
-}
-
-}  // namespace
-
-TrainResult train(const TrainConfig& c) {
-    // 0. Setup: validate everything before any work, threads, seed, device, the process group.
-    c.validate();
-    StopSignals signals;  // from here on, Ctrl-C / SIGTERM end the run after a step + checkpoint
-    const auto world = dist::WorldInfo::from_env();
-    // --num_threads 0: all cores, shared among the processes a launcher started on this machine.
+// --num_threads 0: all cores, shared among the processes a launcher started on this machine. One
+// GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
+torch::Device setup_threads_and_device(const TrainConfig& c, const dist::WorldInfo& world) {
     set_num_threads(c.num_threads > 0
                         ? static_cast<int>(c.num_threads)
                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
                                           world.local_world_size));
-    // One GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
     const torch::Device device = [&] {
         try {
             return resolve_device(c.device, world.distributed() ? world.local_rank : 0);
@@ -171,29 +153,25 @@ TrainResult train(const TrainConfig& c) {
     if (device.is_cpu() && c.mixed_precision == "fp16")
         throw FlagError(
             "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
-    const uint64_t seed0    = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
-    const std::string& base = c.pretrained_model_name_or_path;
-    // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
-    const auto model_folder     = pipeline::ModelFolder::open(base);
-    const auto scheduler_config = model_folder.scheduler_config();
-    DataParallel dp(c, world, device);  // one process, or the torchrun world
-    const int W         = dp.world_size();
-    const bool is_main  = dp.is_main();
-    const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
-    if (is_main && c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
+    return device;
+}
+
+// Flags that do nothing in this combination: said once, as the script (or accelerate) would.
+void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
+    if (!dp.is_main()) return;
+    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
         log_warn(
             "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
             "use constant_with_warmup to warm up",
             (long long)c.lr_warmup_steps);
-    if (is_main && (c.offload_ema || c.foreach_ema) && !c.use_ema)
+    if ((c.offload_ema || c.foreach_ema) && !c.use_ema)
         log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
     if (c.zero_stage == 1 && !dp.active())
         log_warn("--zero_stage 1 has no effect with one process");
+}
 
-    // 1. Tokenizer and data first, so a bad column or folder fails before the models load.
-    auto tokenizer = model_folder.tokenizer();
-    auto dataset   = std::make_shared<const data::CaptionDataset>(
-        data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
+data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
+                                 const DataParallel& dp) {
     data::LoaderConfig lc;
     lc.batch_size       = c.train_batch_size;
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
@@ -201,23 +179,25 @@ TrainResult train(const TrainConfig& c) {
     lc.skip_bad_samples = c.skip_bad_samples;
     lc.pin_memory       = device.is_cuda();
     lc.rank             = dp.rank();
-    lc.world_size       = W;
-    data::DataLoader loader(dataset, lc);
-    dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
+    lc.world_size       = dp.world_size();
+    return lc;
+}
 
-    // The output folder (rank 0 writes it, the others wait): locked for this run, never the
-    // inputs, no file t2i did not write in its way, no earlier run's work overwritten.
+// The output folder (rank 0 writes it, the others wait): locked for this run, never the inputs,
+// no file t2i did not write in its way, no earlier run's work overwritten. Null on other ranks.
+std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParallel& dp,
+                                                 const data::CaptionDataset& dataset) {
     std::unique_ptr<io::OutputFolder> out;
     const std::string logs_entry = fs::path(c.logging_dir).lexically_normal().begin()->string();
     dist::main_process_first(
         dp.group(),
         [&] {
-            if (!is_main) return;
+            if (!dp.is_main()) return;
             // A dataset folder is walked for images: writing inside it would feed the run's own
             // outputs back as data. A record file lists its images; its folder may hold outputs.
             const std::string data_folder =
-                io::dir_exists(dataset->source()) ? dataset->root() : std::string();
-            out = open_output_dir(c.output_dir, base, data_folder,
+                io::dir_exists(dataset.source()) ? dataset.root() : std::string();
+            out = open_output_dir(c.output_dir, c.pretrained_model_name_or_path, data_folder,
                                   c.resume_from_checkpoint.has_value(),
                                   {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
                                    "scheduler", "train_config.json", "validation", logs_entry});
@@ -228,55 +208,191 @@ TrainResult train(const TrainConfig& c) {
                                   io::dump_json(c.to_json(), 2) + "\n");
         },
         "preparing --output_dir");
+    return out;
+}
 
-    // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
-    //    UNet trains in fp32.
-    schedulers::DDPMScheduler noise_scheduler(
-        schedulers::SchedulerConfig::from_json(scheduler_config));
+// What a run computes with: the frozen VAE and text encoder in the weight dtype, the trained UNet
+// in fp32, the noise scheduler and the prediction type, decided (and checked against DREAM) once.
+struct TrainingModels {
+    models::UNet2DConditionModel unet{nullptr};
+    models::AutoencoderKL vae{nullptr};
+    models::CLIPTextModel text_encoder{nullptr};
+    schedulers::DDPMScheduler noise_scheduler;
+    std::string prediction_type;
+    torch::ScalarType weight_dtype = torch::kFloat32;
+};
+
+TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& folder,
+                           const io::JsonConfig& scheduler_config,
+                           const tokenizer::CLIPTokenizer& tokenizer, torch::Device device) {
+    TrainingModels m;
+    m.noise_scheduler =
+        schedulers::DDPMScheduler(schedulers::SchedulerConfig::from_json(scheduler_config));
+    m.weight_dtype = weight_dtype_of(c);
     pipeline::LoadOptions frozen;
-    frozen.variant    = c.variant.value_or("");
-    frozen.dtype      = weight_dtype_of(c);
-    frozen.device     = device;
-    auto text_encoder = pipeline::load_text_encoder(model_folder.component("text_encoder"), frozen);
-    auto vae          = pipeline::load_vae(model_folder.component("vae"), frozen);
-    for (auto& p : text_encoder->parameters()) p.requires_grad_(false);
-    for (auto& p : vae->parameters()) p.requires_grad_(false);
-    auto unet = load_trainable_unet(model_folder.unet_dir, c, device);
-    pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
-                                   base);
-    unet->train();
-    if (c.gradient_checkpointing) unet->enable_gradient_checkpointing(true);
+    frozen.variant = c.variant.value_or("");
+    frozen.dtype   = m.weight_dtype;
+    frozen.device  = device;
+    m.text_encoder = pipeline::load_text_encoder(folder.component("text_encoder"), frozen);
+    m.vae          = pipeline::load_vae(folder.component("vae"), frozen);
+    for (auto& p : m.text_encoder->parameters()) p.requires_grad_(false);
+    for (auto& p : m.vae->parameters()) p.requires_grad_(false);
+    m.unet = load_trainable_unet(folder.unet_dir, c, device);
+    pipeline::check_components_fit(m.unet->config, m.vae->config, m.text_encoder->config(),
+                                   tokenizer, folder.base);
+    m.unet->train();
+    if (c.gradient_checkpointing) m.unet->enable_gradient_checkpointing(true);
     if (c.allow_tf32 && device.is_cuda()) {
         at::globalContext().setAllowTF32CuBLAS(true);
         at::globalContext().setAllowTF32CuDNN(true);
     }
-    // fp16 needs loss scaling (accelerate's GradScaler); bf16 and fp32 do not.
-    GradScalerOptions scaler_options;
-    scaler_options.enabled = weight_dtype_of(c) == torch::kFloat16;
-    GradScaler scaler(scaler_options);
-    if (c.resolution % vae->config.vae_scale_factor() != 0)
+    if (c.resolution % m.vae->config.vae_scale_factor() != 0)
         throw FlagError("--resolution " + std::to_string(c.resolution) +
                         " is not a multiple of "
                         "the VAE's scale factor " +
-                        std::to_string(vae->config.vae_scale_factor()));
-    const LossConfig loss_cfg         = loss_config(c);
-    const std::string prediction_type = effective_prediction_type(noise_scheduler, loss_cfg);
-    if (c.dream_training && prediction_type != "epsilon")
+                        std::to_string(m.vae->config.vae_scale_factor()));
+    m.prediction_type = effective_prediction_type(m.noise_scheduler, loss_config(c));
+    if (c.dream_training && m.prediction_type != "epsilon")
         throw FlagError("--dream_training supports epsilon prediction only; the model predicts " +
-                        prediction_type);
+                        m.prediction_type);
+    return m;
+}
 
-    // 3. Step accounting as the script (per process, in optimizer steps): epochs are recomputed
-    //    from max_train_steps; --scale_lr counts the processes.
-    const int64_t GA              = c.gradient_accumulation_steps;
-    const int64_t steps_per_epoch = (loader.batches_per_epoch() + GA - 1) / GA;
-    int64_t epoch_steps           = 0;
-    if (__builtin_mul_overflow(c.num_train_epochs, steps_per_epoch, &epoch_steps))
+// Step accounting as the script (per process, in optimizer steps): epochs are recomputed from
+// max_train_steps; --scale_lr counts the processes.
+struct StepPlan {
+    int64_t accumulation    = 1;  // GA
+    int64_t steps_per_epoch = 0;
+    int64_t max_steps       = 0;
+    int64_t num_epochs      = 0;
+    double lr               = 0;
+};
+
+StepPlan plan_steps(const TrainConfig& c, int64_t batches_per_epoch, int world_size) {
+    StepPlan p;
+    p.accumulation      = c.gradient_accumulation_steps;
+    p.steps_per_epoch   = (batches_per_epoch + p.accumulation - 1) / p.accumulation;
+    int64_t epoch_steps = 0;
+    if (__builtin_mul_overflow(c.num_train_epochs, p.steps_per_epoch, &epoch_steps))
         throw FlagError("--num_train_epochs " + std::to_string(c.num_train_epochs) + " x " +
-                        std::to_string(steps_per_epoch) +
+                        std::to_string(p.steps_per_epoch) +
                         " steps per epoch is too many steps; give --max_train_steps");
-    const int64_t max_steps  = c.max_train_steps.value_or(epoch_steps);
-    const int64_t num_epochs = (max_steps + steps_per_epoch - 1) / steps_per_epoch;
-    const double lr = c.learning_rate * (c.scale_lr ? double(GA * c.train_batch_size * W) : 1.0);
+    p.max_steps  = c.max_train_steps.value_or(epoch_steps);
+    p.num_epochs = (p.max_steps + p.steps_per_epoch - 1) / p.steps_per_epoch;
+    p.lr         = c.learning_rate *
+           (c.scale_lr ? double(p.accumulation * c.train_batch_size * world_size) : 1.0);
+    return p;
+}
+
+// TensorBoard event files (the original's tags), with the run's config as text first, as the
+// original's init_trackers. Rank 0, --report_to tensorboard | all; else null.
+std::unique_ptr<io::EventWriter> open_tensorboard(const TrainConfig& c, bool is_main,
+                                                  int64_t global_step) {
+    if (!is_main || (c.report_to != "tensorboard" && c.report_to != "all")) return nullptr;
+    auto tensorboard = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
+    auto config_json = c.to_json();
+    config_json.erase("validation_prompts");  // as the original's init_trackers
+    tensorboard->add_text(c.tracker_project_name, "```\n" + io::dump_json(config_json, 2) + "\n```",
+                          global_step);
+    return tensorboard;
+}
+
+// One micro-batch: this rank's draws, forward under autocast, the loss divided by GA (and
+// weighted by the rank's share of the step's samples), backward through the grad scaler.
+// Returns the unscaled loss times the share, for the step's mean, as a device tensor.
+torch::Tensor micro_step(TrainingModels& m, const data::Batch& batch, const StepDraws& draws,
+                         const LossConfig& loss_cfg, DataParallel& dp, GradScaler& scaler,
+                         int64_t accumulation, torch::Device device) {
+    // From pinned memory on a GPU (the loader pins its batches): no host stop.
+    auto pixels = batch.pixel_values.to(device, m.weight_dtype, /*non_blocking=*/true);
+    auto ids    = batch.input_ids.to(device, /*non_blocking=*/true);
+    StepOutputs out;
+    {
+        AutocastGuard autocast(device, m.weight_dtype);  // no-op for fp32
+        out = compute_step(m.unet, m.vae, m.text_encoder, m.noise_scheduler, pixels, ids, draws,
+                           loss_cfg);
+    }
+    // accelerate divides by GA; with several ranks each loss is also weighted by the rank's
+    // share of the step's samples (the sum over ranks is the mean over all).
+    const double share = dp.loss_share(batch);
+    auto loss          = out.loss / static_cast<double>(accumulation);
+    if (dp.active()) loss = loss * share;
+    scaler.scale(loss).backward();  // fp16 scales the loss (GradScaler); others pass through
+    return out.loss.detach().to(torch::kFloat64) * share;
+}
+
+// The step's one read of device values: the clipped gradients' norm, the loss sum (one process;
+// several read theirs for the all-reduce) and the fp16 overflow flag, together (on a GPU each
+// separate read would wait for the device once more).
+double clip_and_read(const std::vector<torch::Tensor>& params, double max_grad_norm,
+                     const torch::Tensor& loss_acc, bool distributed, GradScaler& scaler,
+                     double& loss_sum) {
+    std::vector<torch::Tensor> parts{
+        clip_grad_norm(params, max_grad_norm).to(torch::kFloat64).reshape({1})};
+    if (!distributed) parts.push_back(loss_acc.reshape({1}).to(parts[0].device()));
+    if (scaler.is_enabled())
+        parts.push_back(scaler.found_inf_tensor().to(parts[0].device(), torch::kFloat64));
+    const auto host = torch::cat(parts).to(torch::kCPU);
+    const auto* v   = host.data_ptr<double>();
+    if (!distributed) loss_sum = v[1];
+    if (scaler.is_enabled()) scaler.set_found_inf(v[parts.size() - 1] != 0);
+    return v[0];
+}
+
+void log_loss_summary(const std::vector<double>& losses) {
+    if (losses.size() < 2) return;
+    const size_t n = std::max<size_t>(1, losses.size() / 10);
+    double first = 0, last = 0;
+    for (size_t i = 0; i < n; ++i)
+        first += losses[i] / n, last += losses[losses.size() - 1 - i] / n;
+    log_info("train_loss: mean of the first %zu steps %.4f -> last %zu steps %.4f", n, first, n,
+             last);
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& c) {
+    // 0. Setup: validate everything before any work, threads, seed, device, the process group.
+    c.validate();
+    StopSignals signals;  // from here on, Ctrl-C / SIGTERM end the run after a step + checkpoint
+    const auto world           = dist::WorldInfo::from_env();
+    const torch::Device device = setup_threads_and_device(c, world);
+    const uint64_t seed0       = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
+    // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
+    const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path);
+    const auto scheduler_config = model_folder.scheduler_config();
+    DataParallel dp(c, world, device);  // one process, or the torchrun world
+    const int W         = dp.world_size();
+    const bool is_main  = dp.is_main();
+    const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
+    warn_ineffective_flags(c, dp);
+
+    // 1. Tokenizer and data first, so a bad column or folder fails before the models load; then
+    //    the output folder.
+    auto tokenizer = model_folder.tokenizer();
+    auto dataset   = std::make_shared<const data::CaptionDataset>(
+        data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
+    data::DataLoader loader(dataset, loader_config(c, seed, device, dp));
+    dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
+    std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
+
+    // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
+    //    UNet trains in fp32. fp16 needs loss scaling (accelerate's GradScaler).
+    auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
+    auto& unet  = models.unet;
+    auto& vae   = models.vae;
+    GradScalerOptions scaler_options;
+    scaler_options.enabled = models.weight_dtype == torch::kFloat16;
+    GradScaler scaler(scaler_options);
+    const LossConfig loss_cfg          = loss_config(c);
+    const std::string& prediction_type = models.prediction_type;
+
+    // 3. Step accounting as the script.
+    const StepPlan plan      = plan_steps(c, loader.batches_per_epoch(), W);
+    const int64_t GA         = plan.accumulation;
+    const int64_t max_steps  = plan.max_steps;
+    const int64_t num_epochs = plan.num_epochs;
+    const double lr          = plan.lr;
 
     // 4. Optimizer (under ZeRO-1 over this rank's parameters only), LR schedule (in optimizer
     //    steps), EMA (rank 0 alone: the others never use it), the generator of every draw.
@@ -298,47 +414,15 @@ TrainResult train(const TrainConfig& c) {
     }
     at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
 
-    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch. Rank 0
-    //    picks the checkpoint; every rank reads it (a shared --output_dir, as accelerate needs).
-    int64_t global_step = 0;
-    if (c.resume_from_checkpoint) {
-        const auto path = dp.shared_path(
-            is_main ? resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir) : std::nullopt,
-            "resume");
-        if (!path) {
-            log_info("no checkpoint in '%s'; starting a new run", c.output_dir.c_str());
-        } else {
-            const auto state = load_checkpoint(*path, unet, ema.get(), *optimizer, generator,
-                                               dp.optimizer_state_filter());
-            schedule.load_state(state.lr_schedule);
-            if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
-                scaler.load_state_dict(state.extra["grad_scaler"]);
-            // The loader position counts this world's batches: convert a checkpoint written by
-            // another number of processes or batch size through the samples already seen.
-            const int64_t saved_w = state.extra.value("world_size", int64_t(1));
-            const int64_t saved_b = state.extra.value("train_batch_size", c.train_batch_size);
-            const int64_t B       = c.train_batch_size;
-            const int64_t batch   = convert_loader_batch(state.loader.batch, saved_w, saved_b, W, B,
-                                                         dataset->size(), loader.batches_per_epoch());
-            const int64_t seen    = state.loader.batch * saved_w * saved_b;
-            if (batch < loader.batches_per_epoch() && batch * W * B != seen)
-                log_warn(
-                    "the checkpoint was written by %lld process(es) x batch %lld: this epoch "
-                    "continues at sample %lld, the checkpoint had seen %lld (%lld samples are "
-                    "seen again)",
-                    (long long)saved_w, (long long)saved_b, (long long)(batch * W * B),
-                    (long long)seen, (long long)(seen - batch * W * B));
-            try {
-                loader.seek(state.loader.epoch, batch);
-            } catch (const std::exception& e) {
-                throw std::runtime_error("checkpoint '" + *path +
-                                         "/training_state.json': " + e.what() +
-                                         "; was the dataset changed since the checkpoint?");
-            }
-            global_step = state.global_step;
-            log_info("resumed from %s at step %lld", path->c_str(), (long long)global_step);
-        }
-    }
+    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch
+    //    (training/checkpoint).
+    const int64_t global_start =
+        c.resume_from_checkpoint
+            ? resume_training(c, dp,
+                              {unet, ema.get(), *optimizer, generator, schedule, scaler, loader},
+                              dataset->size())
+            : 0;
+    int64_t global_step = global_start;
     std::vector<torch::Tensor> param_list;
     for (const auto& p : params) param_list.push_back(p.value());
     // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
@@ -351,22 +435,15 @@ TrainResult train(const TrainConfig& c) {
         (long long)max_steps, (long long)c.train_batch_size, (long long)GA, W,
         (unsigned long long)seed);
 
-    // TensorBoard event files (the original's tags: train_loss, validation) and the pipeline
-    // used for validation images, sharing the training modules. Rank 0 only.
-    std::unique_ptr<io::EventWriter> tensorboard;
-    if (is_main && (c.report_to == "tensorboard" || c.report_to == "all")) {
-        tensorboard      = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
-        auto config_json = c.to_json();
-        config_json.erase("validation_prompts");  // as the original's init_trackers
-        tensorboard->add_text(c.tracker_project_name,
-                              "```\n" + io::dump_json(config_json, 2) + "\n```", global_step);
-    }
-    pipeline::StableDiffusionPipeline validation_pipe(unet, vae, text_encoder, tokenizer);
+    // TensorBoard (rank 0) and the pipeline used for validation images, sharing the training
+    // modules.
+    auto tensorboard = open_tensorboard(c, is_main, global_step);
+    pipeline::StableDiffusionPipeline validation_pipe(unet, vae, models.text_encoder, tokenizer);
     // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
     auto validate = [&](int64_t step, int64_t tensorboard_step) {
         if (c.validation_prompts.empty() || !is_main) return;
         log_validation(c, validation_pipe, scheduler_config, ema.get(), prediction_type, seed, step,
-                       tensorboard_step, frozen.dtype.value(), tensorboard.get());
+                       tensorboard_step, models.weight_dtype, tensorboard.get());
     };
 
     const std::string metrics =
@@ -423,33 +500,16 @@ TrainResult train(const TrainConfig& c) {
             auto shape = pixel_shape;
             shape[0]   = dp.active() ? batch->global_size : n;
             auto draws = draw_step_randoms(latent_shape(vae->config, shape),
-                                           noise_scheduler.config().num_train_timesteps, generator,
-                                           loss_cfg, device.is_cuda());
+                                           models.noise_scheduler.config().num_train_timesteps,
+                                           generator, loss_cfg, device.is_cuda());
             if (last_micro) dp.before_last_backward();
             ++micro;
             if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
                 if (epoch_done) break;
                 continue;
             }
-            if (dp.active()) draws = slice_draws(draws, batch->global_offset, n);
-            // From pinned memory on a GPU (the loader pins its batches): no host stop.
-            auto pixels =
-                batch->pixel_values.to(device, frozen.dtype.value(), /*non_blocking=*/true);
-            auto ids = batch->input_ids.to(device, /*non_blocking=*/true);
-            StepOutputs out;
-            {
-                AutocastGuard autocast(device, frozen.dtype.value());  // no-op for fp32
-                out = compute_step(unet, vae, text_encoder, noise_scheduler, pixels, ids, draws,
-                                   loss_cfg);
-            }
-            // accelerate divides by GA; with several ranks each loss is also weighted by the
-            // rank's share of the step's samples (the sum over ranks is the mean over all).
-            const double share = dp.active() ? double(n) / double(batch->global_size) : 1.0;
-            auto loss          = out.loss / static_cast<double>(GA);
-            if (dp.active()) loss = loss * share;
-            // fp16 scales the loss (GradScaler); others pass through.
-            scaler.scale(loss).backward();
-            loss_acc.add_(out.loss.detach().to(torch::kFloat64) * share);  // no host sync
+            draws = dp.local_draws(draws, *batch);  // this rank's rows
+            loss_acc.add_(micro_step(models, *batch, draws, loss_cfg, dp, scaler, GA, device));
             samples += n;
             if (epoch_done) break;  // accelerate syncs at the end of the dataloader
         }
@@ -461,21 +521,8 @@ TrainResult train(const TrainConfig& c) {
         // rank stops all of them at this step.
         dp.sync_gradients(loss_sum, samples, stop_signal, global_step);
         if (scaler.is_enabled()) scaler.unscale_(param_list);
-        // The step's one read of device values: gradient norm, loss, fp16 overflow flag together
-        // (on a GPU each separate read would wait for the device once more).
-        double grad_norm = 0;
-        {
-            std::vector<torch::Tensor> parts{
-                clip_grad_norm(param_list, c.max_grad_norm).to(torch::kFloat64).reshape({1})};
-            if (!dp.active()) parts.push_back(loss_acc.reshape({1}).to(parts[0].device()));
-            if (scaler.is_enabled())
-                parts.push_back(scaler.found_inf_tensor().to(parts[0].device(), torch::kFloat64));
-            const auto host = torch::cat(parts).to(torch::kCPU);
-            const auto* v   = host.data_ptr<double>();
-            grad_norm       = v[0];
-            if (!dp.active()) loss_sum = v[1];
-            if (scaler.is_enabled()) scaler.set_found_inf(v[parts.size() - 1] != 0);
-        }
+        const double grad_norm =
+            clip_and_read(param_list, c.max_grad_norm, loss_acc, dp.active(), scaler, loss_sum);
         const double step_lr = schedule.get_lr();
         optimizer->set_lr(step_lr);
         // A NaN / infinite loss or gradient never reaches the weights (training/divergence.h).
@@ -492,17 +539,10 @@ TrainResult train(const TrainConfig& c) {
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         losses.push_back(loss_sum / static_cast<double>(GA));
-        if (progress)
-            progress->update({global_step, epoch, losses.back(), step_lr, grad_norm, dt,
-                              samples / dt, double(optimizer->state_bytes()) / (1 << 20),
-                              dp.comm_wait_seconds(), peak_device_memory_mb(device)});
-        if (tensorboard) {
-            tensorboard->add_scalar("train_loss", losses.back(), global_step);
-            tensorboard->add_scalar("lr", step_lr, global_step);
-            tensorboard->add_scalar("grad_norm", grad_norm, global_step);
-            tensorboard->add_scalar("step_time", dt, global_step);
-            tensorboard->add_scalar("samples_per_s", samples / dt, global_step);
-        }
+        report_step(progress.get(), tensorboard.get(),
+                    {global_step, epoch, losses.back(), step_lr, grad_norm, dt, samples / dt,
+                     double(optimizer->state_bytes()) / (1 << 20), dp.comm_wait_seconds(),
+                     peak_device_memory_mb(device)});
 
         // Once in a while: validation images (per epoch as the original, and per step).
         if (epoch_done && epoch % c.validation_epochs == 0)
@@ -525,14 +565,7 @@ TrainResult train(const TrainConfig& c) {
         }
     }
     if (progress) progress->finish();
-    if (losses.size() >= 2) {
-        const size_t n = std::max<size_t>(1, losses.size() / 10);
-        double first = 0, last = 0;
-        for (size_t i = 0; i < n; ++i)
-            first += losses[i] / n, last += losses[losses.size() - 1 - i] / n;
-        log_info("train_loss: mean of the first %zu steps %.4f -> last %zu steps %.4f", n, first, n,
-                 last);
-    }
+    log_loss_summary(losses);
     if (loader.skipped() > 0)
         log_warn("skipped %lld unreadable samples", (long long)loader.skipped());
 
