@@ -349,6 +349,83 @@ void log_loss_summary(const std::vector<double>& losses) {
              last);
 }
 
+// What updates the weights: AdamW (under ZeRO-1 over this rank's parameters only), the LR
+// schedule (in optimizer steps), the EMA (rank 0 alone: the others never use it), the fp16 grad
+// scaler (accelerate's GradScaler; bf16 and fp32 need none) and the generator of every draw.
+struct Optimization {
+    std::unique_ptr<AdamW> optimizer;
+    std::unique_ptr<LRSchedule> schedule;
+    std::unique_ptr<EMAModel> ema;
+    std::unique_ptr<GradScaler> scaler;
+    at::Generator generator;
+};
+
+Optimization make_optimization(const TrainConfig& c, DataParallel& dp,
+                               const torch::OrderedDict<std::string, torch::Tensor>& params,
+                               const StepPlan& plan, torch::ScalarType weight_dtype,
+                               uint64_t seed) {
+    Optimization o;
+    o.optimizer =
+        make_adamw(dp.optimizer_parameters(params),
+                   {plan.lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon},
+                   c.use_8bit_adam);
+    LRScheduleConfig sc;
+    sc.name         = c.lr_scheduler;
+    sc.warmup_steps = c.lr_warmup_steps;
+    sc.total_steps  = plan.max_steps;
+    o.schedule      = std::make_unique<LRSchedule>(sc, plan.lr);
+    if (c.use_ema && dp.is_main()) {
+        EMAConfig ec;
+        ec.foreach = c.foreach_ema;
+        ec.offload = c.offload_ema;
+        o.ema      = std::make_unique<EMAModel>(params, ec);
+    }
+    GradScalerOptions scaler_options;
+    scaler_options.enabled = weight_dtype == torch::kFloat16;
+    o.scaler               = std::make_unique<GradScaler>(scaler_options);
+    o.generator            = at::make_generator<at::CPUGeneratorImpl>(seed);
+    return o;
+}
+
+// One optimizer step after the micro-batches, as accelerate runs it: gradients (and the loss and
+// sample count) summed over ranks, unscaled (fp16), clipped; AdamW at the schedule's LR unless
+// the loss or a gradient is not finite (training/divergence.h) or fp16 overflowed, then the LR
+// and EMA steps. A signal on any rank stops all of them at this step.
+struct StepResult {
+    double loss_sum  = 0;  // sum of the micro-batch losses (mean over ranks)
+    double grad_norm = 0;  // before clipping
+    double lr        = 0;  // the LR this update used
+    bool finite      = true;
+    bool stop_signal = false;
+    int64_t samples  = 0;  // over all ranks
+};
+
+StepResult optimizer_step(const TrainConfig& c, DataParallel& dp, Optimization& o,
+                          const std::vector<torch::Tensor>& param_list,
+                          const torch::OrderedDict<std::string, torch::Tensor>& params,
+                          const torch::Tensor& loss_acc, int64_t samples, int64_t global_step) {
+    StepResult r;
+    r.samples     = samples;
+    r.stop_signal = g_stop_signal.load() != 0;
+    // Several processes: the loss goes through a CPU all-reduce with the sample count.
+    r.loss_sum = dp.active() ? loss_acc.item<double>() : 0.0;
+    dp.sync_gradients(r.loss_sum, r.samples, r.stop_signal, global_step);
+    auto& scaler = *o.scaler;
+    if (scaler.is_enabled()) scaler.unscale_(param_list);
+    r.grad_norm =
+        clip_and_read(param_list, c.max_grad_norm, loss_acc, dp.active(), scaler, r.loss_sum);
+    r.lr = o.schedule->get_lr();
+    o.optimizer->set_lr(r.lr);
+    r.finite = DivergenceGuard::finite(r.loss_sum, r.grad_norm, scaler.is_enabled());
+    // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).
+    if (r.finite && scaler.step([&] { o.optimizer->step(); }, param_list)) o.schedule->step();
+    scaler.update();
+    o.optimizer->zero_grad();
+    dp.after_optimizer_step(param_list);  // ZeRO-1: owners broadcast their parameters
+    if (o.ema && r.finite) o.ema->step(params);
+    return r;
+}
+
 }  // namespace
 
 TrainResult train(const TrainConfig& c) {
@@ -377,14 +454,11 @@ TrainResult train(const TrainConfig& c) {
     std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
 
     // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
-    //    UNet trains in fp32. fp16 needs loss scaling (accelerate's GradScaler).
-    auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
-    auto& unet  = models.unet;
-    auto& vae   = models.vae;
-    GradScalerOptions scaler_options;
-    scaler_options.enabled = models.weight_dtype == torch::kFloat16;
-    GradScaler scaler(scaler_options);
-    const LossConfig loss_cfg          = loss_config(c);
+    //    UNet trains in fp32.
+    auto models               = load_models(c, model_folder, scheduler_config, tokenizer, device);
+    auto& unet                = models.unet;
+    auto& vae                 = models.vae;
+    const LossConfig loss_cfg = loss_config(c);
     const std::string& prediction_type = models.prediction_type;
 
     // 3. Step accounting as the script.
@@ -392,27 +466,15 @@ TrainResult train(const TrainConfig& c) {
     const int64_t GA         = plan.accumulation;
     const int64_t max_steps  = plan.max_steps;
     const int64_t num_epochs = plan.num_epochs;
-    const double lr          = plan.lr;
 
-    // 4. Optimizer (under ZeRO-1 over this rank's parameters only), LR schedule (in optimizer
-    //    steps), EMA (rank 0 alone: the others never use it), the generator of every draw.
+    // 4. Optimizer, LR schedule, EMA, grad scaler, the generator of every draw.
     const auto params = unet->named_parameters();
-    auto optimizer    = make_adamw(
-           dp.optimizer_parameters(params),
-           {lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon}, c.use_8bit_adam);
-    LRScheduleConfig sc;
-    sc.name         = c.lr_scheduler;
-    sc.warmup_steps = c.lr_warmup_steps;
-    sc.total_steps  = max_steps;
-    LRSchedule schedule(sc, lr);
-    std::unique_ptr<EMAModel> ema;
-    if (c.use_ema && is_main) {
-        EMAConfig ec;
-        ec.foreach = c.foreach_ema;
-        ec.offload = c.offload_ema;
-        ema        = std::make_unique<EMAModel>(params, ec);
-    }
-    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    auto opt          = make_optimization(c, dp, params, plan, models.weight_dtype, seed);
+    auto& optimizer   = opt.optimizer;
+    auto& schedule    = *opt.schedule;
+    auto& ema         = opt.ema;
+    auto& scaler      = *opt.scaler;
+    auto& generator   = opt.generator;
 
     // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch
     //    (training/checkpoint).
@@ -513,36 +575,18 @@ TrainResult train(const TrainConfig& c) {
             samples += n;
             if (epoch_done) break;  // accelerate syncs at the end of the dataloader
         }
-        // ---- optimizer step ----
-        bool stop_signal = g_stop_signal.load() != 0;
-        // Several processes: the loss goes through a CPU all-reduce with the sample count.
-        double loss_sum = dp.active() ? loss_acc.item<double>() : 0.0;
-        // Gradients summed over ranks; the logged loss is the mean over ranks; a signal on any
-        // rank stops all of them at this step.
-        dp.sync_gradients(loss_sum, samples, stop_signal, global_step);
-        if (scaler.is_enabled()) scaler.unscale_(param_list);
-        const double grad_norm =
-            clip_and_read(param_list, c.max_grad_norm, loss_acc, dp.active(), scaler, loss_sum);
-        const double step_lr = schedule.get_lr();
-        optimizer->set_lr(step_lr);
-        // A NaN / infinite loss or gradient never reaches the weights (training/divergence.h).
-        const bool finite = DivergenceGuard::finite(loss_sum, grad_norm, scaler.is_enabled());
-        // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).
-        if (finite && scaler.step([&] { optimizer->step(); }, param_list)) schedule.step();
-        scaler.update();
-        optimizer->zero_grad();
-        dp.after_optimizer_step(param_list);  // ZeRO-1: owners broadcast their parameters
-        if (ema && finite) ema->step(params);
+        // ---- optimizer step (a NaN / infinite loss or gradient never reaches the weights) ----
+        const auto step =
+            optimizer_step(c, dp, opt, param_list, params, loss_acc, samples, global_step);
         ++global_step;
-        divergence.after_step(global_step, finite, loss_sum / double(GA), grad_norm);
-        // ---- end of optimizer step ----
+        divergence.after_step(global_step, step.finite, step.loss_sum / double(GA), step.grad_norm);
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        losses.push_back(loss_sum / static_cast<double>(GA));
+        losses.push_back(step.loss_sum / static_cast<double>(GA));
         report_step(progress.get(), tensorboard.get(),
-                    {global_step, epoch, losses.back(), step_lr, grad_norm, dt, samples / dt,
-                     double(optimizer->state_bytes()) / (1 << 20), dp.comm_wait_seconds(),
-                     peak_device_memory_mb(device)});
+                    {global_step, epoch, losses.back(), step.lr, step.grad_norm, dt,
+                     step.samples / dt, double(optimizer->state_bytes()) / (1 << 20),
+                     dp.comm_wait_seconds(), peak_device_memory_mb(device)});
 
         // Once in a while: validation images (per epoch as the original, and per step).
         if (epoch_done && epoch % c.validation_epochs == 0)
@@ -551,8 +595,8 @@ TrainResult train(const TrainConfig& c) {
             validate(global_step, global_step);
 
         // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
-        const bool stop =
-            stop_signal || (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
+        const bool stop = step.stop_signal ||
+                          (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
         if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
         if (stop && global_step < max_steps) {
             divergence.finish(/*stopping=*/true);
@@ -560,7 +604,7 @@ TrainResult train(const TrainConfig& c) {
             log_warn(
                 "stopped at step %lld (%s); continue with: t2i train <same flags> "
                 "--resume_from_checkpoint latest",
-                (long long)global_step, stop_signal ? "signal" : "--stop_after_steps");
+                (long long)global_step, step.stop_signal ? "signal" : "--stop_after_steps");
             return TrainResult::kInterrupted;
         }
     }
