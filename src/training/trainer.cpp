@@ -35,6 +35,7 @@
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
 #include "training/progress.h"
+#include "training/train_setup.h"
 #include "training/validation.h"
 #include "util/autocast.h"
 #include "util/device.h"
@@ -68,55 +69,6 @@ struct StopSignals {
     }
 };
 
-torch::ScalarType weight_dtype_of(const TrainConfig& c) {
-    if (c.mixed_precision == "fp16") return torch::kFloat16;
-    if (c.mixed_precision == "bf16") return torch::kBFloat16;
-    return torch::kFloat32;
-}
-
-data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {
-    data::DatasetConfig d;
-    d.dataset_name                = c.dataset_name.value_or("");
-    d.train_data_dir              = c.dataset_name ? "" : c.train_data_dir.value_or("");
-    d.image_column                = c.image_column;
-    d.caption_column              = c.caption_column;
-    d.max_train_samples           = c.max_train_samples.value_or(-1);
-    d.seed                        = seed;
-    d.transform.resolution        = c.resolution;
-    d.transform.center_crop       = c.center_crop;
-    d.transform.random_flip       = c.random_flip;
-    d.transform.interpolation     = data::parse_interpolation_mode(c.image_interpolation_mode);
-    d.text_clean                  = tokenizer::parse_clean_mode(c.text_clean);
-    d.allow_paths_outside_dataset = c.allow_paths_outside_dataset;
-    return d;
-}
-
-LossConfig loss_config(const TrainConfig& c) {
-    LossConfig l;
-    l.prediction_type           = c.prediction_type.value_or("");
-    l.noise_offset              = c.noise_offset;
-    l.input_perturbation        = c.input_perturbation;
-    l.snr_gamma                 = c.snr_gamma.value_or(0.0);
-    l.dream_training            = c.dream_training;
-    l.dream_detail_preservation = c.dream_detail_preservation;
-    return l;
-}
-
-// The trained UNet comes without --variant, as in the script; a folder with only variant files
-// falls back to them.
-models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const TrainConfig& c,
-                                                 torch::Device device) {
-    pipeline::LoadOptions o;
-    o.device = device;
-    try {
-        return pipeline::load_unet(dir, o);
-    } catch (const std::exception&) {
-        if (!c.variant) throw;
-        o.variant = *c.variant;
-        return pipeline::load_unet(dir, o);
-    }
-}
-
 // Final pipeline folder (pipeline/model_dir): the trained (EMA) UNet, the base model's other
 // components copied unchanged (original precision), the scheduler config with the effective
 // prediction_type. Only entries t2i may write (io::OutputFolder) are replaced; NaN weights are
@@ -135,167 +87,6 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
 }  // namespace
 
 namespace {
-
-// --num_threads 0: all cores, shared among the processes a launcher started on this machine. One
-// GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.
-torch::Device setup_threads_and_device(const TrainConfig& c, const dist::WorldInfo& world) {
-    set_num_threads(c.num_threads > 0
-                        ? static_cast<int>(c.num_threads)
-                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                          world.local_world_size));
-    const torch::Device device = [&] {
-        try {
-            return resolve_device(c.device, world.distributed() ? world.local_rank : 0);
-        } catch (const DeviceError& e) {
-            throw FlagError(e.what());
-        }
-    }();
-    if (device.is_cpu() && c.mixed_precision == "fp16")
-        throw FlagError(
-            "--mixed_precision fp16 needs a CUDA device (--device cuda); on CPU use bf16");
-    return device;
-}
-
-// Flags that do nothing in this combination: said once, as the script (or accelerate) would.
-void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
-    if (!dp.is_main()) return;
-    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
-        log_warn(
-            "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
-            "use constant_with_warmup to warm up",
-            (long long)c.lr_warmup_steps);
-    if ((c.offload_ema || c.foreach_ema) && !c.use_ema)
-        log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
-    if (c.zero_stage == 1 && !dp.active())
-        log_warn("--zero_stage 1 has no effect with one process");
-}
-
-data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
-                                 const DataParallel& dp) {
-    data::LoaderConfig lc;
-    lc.batch_size       = c.train_batch_size;
-    lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
-    lc.seed             = seed;
-    lc.skip_bad_samples = c.skip_bad_samples;
-    lc.pin_memory       = device.is_cuda();
-    lc.rank             = dp.rank();
-    lc.world_size       = dp.world_size();
-    return lc;
-}
-
-// The output folder (rank 0 writes it, the others wait): locked for this run, never the inputs,
-// no file t2i did not write in its way, no earlier run's work overwritten. Null on other ranks.
-std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParallel& dp,
-                                                 const data::CaptionDataset& dataset) {
-    std::unique_ptr<io::OutputFolder> out;
-    const std::string logs_entry = fs::path(c.logging_dir).lexically_normal().begin()->string();
-    dist::main_process_first(
-        dp.group(),
-        [&] {
-            if (!dp.is_main()) return;
-            // A dataset folder is walked for images: writing inside it would feed the run's own
-            // outputs back as data. A record file lists its images; its folder may hold outputs.
-            const std::string data_folder =
-                io::dir_exists(dataset.source()) ? dataset.root() : std::string();
-            out = open_output_dir(c.output_dir, c.pretrained_model_name_or_path, data_folder,
-                                  c.resume_from_checkpoint.has_value(),
-                                  {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
-                                   "scheduler", "train_config.json", "validation", logs_entry});
-            for (const auto& name :
-                 {std::string("train_config.json"), logs_entry, std::string("validation")})
-                out->claim(name);
-            io::write_text_atomic(out->file("train_config.json"),
-                                  io::dump_json(c.to_json(), 2) + "\n");
-        },
-        "preparing --output_dir");
-    return out;
-}
-
-// What a run computes with: the frozen VAE and text encoder in the weight dtype, the trained UNet
-// in fp32, the noise scheduler and the prediction type, decided (and checked against DREAM) once.
-struct TrainingModels {
-    models::UNet2DConditionModel unet{nullptr};
-    models::AutoencoderKL vae{nullptr};
-    models::CLIPTextModel text_encoder{nullptr};
-    schedulers::DDPMScheduler noise_scheduler;
-    std::string prediction_type;
-    torch::ScalarType weight_dtype = torch::kFloat32;
-};
-
-TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& folder,
-                           const io::JsonConfig& scheduler_config,
-                           const tokenizer::CLIPTokenizer& tokenizer, torch::Device device) {
-    TrainingModels m;
-    m.noise_scheduler =
-        schedulers::DDPMScheduler(schedulers::SchedulerConfig::from_json(scheduler_config));
-    m.weight_dtype = weight_dtype_of(c);
-    pipeline::LoadOptions frozen;
-    frozen.variant = c.variant.value_or("");
-    frozen.dtype   = m.weight_dtype;
-    frozen.device  = device;
-    m.text_encoder = pipeline::load_text_encoder(folder.component("text_encoder"), frozen);
-    m.vae          = pipeline::load_vae(folder.component("vae"), frozen);
-    for (auto& p : m.text_encoder->parameters()) p.requires_grad_(false);
-    for (auto& p : m.vae->parameters()) p.requires_grad_(false);
-    m.unet = load_trainable_unet(folder.unet_dir, c, device);
-    pipeline::check_components_fit(m.unet->config, m.vae->config, m.text_encoder->config(),
-                                   tokenizer, folder.base);
-    m.unet->train();
-    if (c.gradient_checkpointing) m.unet->enable_gradient_checkpointing(true);
-    if (c.allow_tf32 && device.is_cuda()) {
-        at::globalContext().setAllowTF32CuBLAS(true);
-        at::globalContext().setAllowTF32CuDNN(true);
-    }
-    if (c.resolution % m.vae->config.vae_scale_factor() != 0)
-        throw FlagError("--resolution " + std::to_string(c.resolution) +
-                        " is not a multiple of "
-                        "the VAE's scale factor " +
-                        std::to_string(m.vae->config.vae_scale_factor()));
-    m.prediction_type = effective_prediction_type(m.noise_scheduler, loss_config(c));
-    if (c.dream_training && m.prediction_type != "epsilon")
-        throw FlagError("--dream_training supports epsilon prediction only; the model predicts " +
-                        m.prediction_type);
-    return m;
-}
-
-// Step accounting as the script (per process, in optimizer steps): epochs are recomputed from
-// max_train_steps; --scale_lr counts the processes.
-struct StepPlan {
-    int64_t accumulation    = 1;  // GA
-    int64_t steps_per_epoch = 0;
-    int64_t max_steps       = 0;
-    int64_t num_epochs      = 0;
-    double lr               = 0;
-};
-
-StepPlan plan_steps(const TrainConfig& c, int64_t batches_per_epoch, int world_size) {
-    StepPlan p;
-    p.accumulation      = c.gradient_accumulation_steps;
-    p.steps_per_epoch   = (batches_per_epoch + p.accumulation - 1) / p.accumulation;
-    int64_t epoch_steps = 0;
-    if (__builtin_mul_overflow(c.num_train_epochs, p.steps_per_epoch, &epoch_steps))
-        throw FlagError("--num_train_epochs " + std::to_string(c.num_train_epochs) + " x " +
-                        std::to_string(p.steps_per_epoch) +
-                        " steps per epoch is too many steps; give --max_train_steps");
-    p.max_steps  = c.max_train_steps.value_or(epoch_steps);
-    p.num_epochs = (p.max_steps + p.steps_per_epoch - 1) / p.steps_per_epoch;
-    p.lr         = c.learning_rate *
-           (c.scale_lr ? double(p.accumulation * c.train_batch_size * world_size) : 1.0);
-    return p;
-}
-
-// TensorBoard event files (the original's tags), with the run's config as text first, as the
-// original's init_trackers. Rank 0, --report_to tensorboard | all; else null.
-std::unique_ptr<io::EventWriter> open_tensorboard(const TrainConfig& c, bool is_main,
-                                                  int64_t global_step) {
-    if (!is_main || (c.report_to != "tensorboard" && c.report_to != "all")) return nullptr;
-    auto tensorboard = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
-    auto config_json = c.to_json();
-    config_json.erase("validation_prompts");  // as the original's init_trackers
-    tensorboard->add_text(c.tracker_project_name, "```\n" + io::dump_json(config_json, 2) + "\n```",
-                          global_step);
-    return tensorboard;
-}
 
 // One micro-batch: this rank's draws, forward under autocast, the loss divided by GA (and
 // weighted by the rank's share of the step's samples), backward through the grad scaler.
@@ -347,44 +138,6 @@ void log_loss_summary(const std::vector<double>& losses) {
         first += losses[i] / n, last += losses[losses.size() - 1 - i] / n;
     log_info("train_loss: mean of the first %zu steps %.4f -> last %zu steps %.4f", n, first, n,
              last);
-}
-
-// What updates the weights: AdamW (under ZeRO-1 over this rank's parameters only), the LR
-// schedule (in optimizer steps), the EMA (rank 0 alone: the others never use it), the fp16 grad
-// scaler (accelerate's GradScaler; bf16 and fp32 need none) and the generator of every draw.
-struct Optimization {
-    std::unique_ptr<AdamW> optimizer;
-    std::unique_ptr<LRSchedule> schedule;
-    std::unique_ptr<EMAModel> ema;
-    std::unique_ptr<GradScaler> scaler;
-    at::Generator generator;
-};
-
-Optimization make_optimization(const TrainConfig& c, DataParallel& dp,
-                               const torch::OrderedDict<std::string, torch::Tensor>& params,
-                               const StepPlan& plan, torch::ScalarType weight_dtype,
-                               uint64_t seed) {
-    Optimization o;
-    o.optimizer =
-        make_adamw(dp.optimizer_parameters(params),
-                   {plan.lr, c.adam_beta1, c.adam_beta2, c.adam_weight_decay, c.adam_epsilon},
-                   c.use_8bit_adam);
-    LRScheduleConfig sc;
-    sc.name         = c.lr_scheduler;
-    sc.warmup_steps = c.lr_warmup_steps;
-    sc.total_steps  = plan.max_steps;
-    o.schedule      = std::make_unique<LRSchedule>(sc, plan.lr);
-    if (c.use_ema && dp.is_main()) {
-        EMAConfig ec;
-        ec.foreach = c.foreach_ema;
-        ec.offload = c.offload_ema;
-        o.ema      = std::make_unique<EMAModel>(params, ec);
-    }
-    GradScalerOptions scaler_options;
-    scaler_options.enabled = weight_dtype == torch::kFloat16;
-    o.scaler               = std::make_unique<GradScaler>(scaler_options);
-    o.generator            = at::make_generator<at::CPUGeneratorImpl>(seed);
-    return o;
 }
 
 // One optimizer step after the micro-batches, as accelerate runs it: gradients (and the loss and
