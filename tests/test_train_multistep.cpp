@@ -90,8 +90,7 @@ TEST_P(MultistepGolden, ThreeStepsAndBothEMAsMatchDiffusers) {
         draws.vae_eps   = golden.get(S + "inputs.vae_eps");
         draws.noise     = golden.get(S + "inputs.noise");
         draws.timesteps = golden.get(S + "inputs.timesteps");
-        auto out        = training::compute_step(model.unet, model.vae, model.text_encoder,
-                                                 model.scheduler, batch.get("inputs.pixel_values"),
+        auto out        = training::compute_step(model, batch.get("inputs.pixel_values"),
                                                  batch.get("inputs.input_ids"), draws, {});
         out.loss.backward();
         const double grad_norm = training::clip_grad_norm(params, 1.0).item<double>();

@@ -213,9 +213,8 @@ TEST_P(TrainStepGolden, EveryVariantMatchesDiffusers) {
             params.push_back(named[name]);
             before.push_back(named[name].detach().clone());
         }
-        auto out =
-            training::compute_step(model_.unet, model_.vae, model_.text_encoder, model_.scheduler,
-                                   pixel_values, input_ids, draws_, loss_config(vinfo["kwargs"]));
+        auto out = training::compute_step(model_, pixel_values, input_ids, draws_,
+                                          loss_config(vinfo["kwargs"]));
         check_forward(V, out, report);
         out.loss.backward();
         const auto noise = check_grads(V, params, report);
@@ -249,21 +248,19 @@ TEST(TrainStep, DreamUpdatesInputAndTargetAndRejectsVPrediction) {
     c.dream_training            = true;
     c.dream_detail_preservation = 2.0;
     const auto px = golden.get("inputs.pixel_values"), ids = golden.get("inputs.input_ids");
-    auto out = training::compute_step(model.unet, model.vae, model.text_encoder, model.scheduler,
-                                      px, ids, draws, c);
+    auto out = training::compute_step(model, px, ids, draws, c);
     torch::NoGradGuard no_grad;
     const auto noisy = golden.get("main.noisy_latents");
     const auto pred =
         model.unet->forward(noisy, draws.timesteps, golden.get("encoder_hidden_states"));
-    const auto abar = model.scheduler.alphas_cumprod().index({draws.timesteps}).view({-1, 1, 1, 1});
-    const auto s    = (1 - abar).sqrt();
+    const auto abar =
+        model.noise_scheduler.alphas_cumprod().index({draws.timesteps}).view({-1, 1, 1, 1});
+    const auto s     = (1 - abar).sqrt();
     const auto delta = (draws.noise - pred) * s.pow(2.0);
     EXPECT_TRUE(testing::forward_close(out.noisy_latents, noisy + s * delta));
     EXPECT_TRUE(testing::forward_close(out.target, draws.noise + delta));
     c.prediction_type = "v_prediction";
-    EXPECT_THROW(training::compute_step(model.unet, model.vae, model.text_encoder, model.scheduler,
-                                        px, ids, draws, c),
-                 std::runtime_error);
+    EXPECT_THROW(training::compute_step(model, px, ids, draws, c), std::runtime_error);
 }
 
 // draw_step_randoms: documented order, optional draws only when their flag is set, seeded.

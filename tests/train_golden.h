@@ -15,15 +15,11 @@
 #include "pipeline/model_dir.h"
 #include "schedulers/ddpm.h"
 #include "test_util.h"
+#include "training/loss.h"
 
 namespace t2i::testing {
 
-struct TinyModel {
-    models::UNet2DConditionModel unet{nullptr};
-    models::AutoencoderKL vae{nullptr};
-    models::CLIPTextModel text_encoder{nullptr};
-    schedulers::DDPMScheduler scheduler;
-};
+using TinyModel = training::StepModels;
 
 // The frozen components (eval, no grad) and a fresh trainable UNet of fixtures/<cfg>/.
 inline TinyModel load_tiny_model(const std::string& cfg) {
@@ -36,7 +32,7 @@ inline TinyModel load_tiny_model(const std::string& cfg) {
     m.vae->eval();
     m.text_encoder->eval();
     m.unet->train();
-    m.scheduler = schedulers::DDPMScheduler(schedulers::SchedulerConfig::from_json(
+    m.noise_scheduler = schedulers::DDPMScheduler(schedulers::SchedulerConfig::from_json(
         io::read_json(fixture(cfg + "/scheduler/scheduler_config.json"))));
     return m;
 }

@@ -87,11 +87,13 @@ static void dream_update(models::UNet2DConditionModel& unet,
     target        = target.add(delta_noise);
 }
 
-StepOutputs compute_step(models::UNet2DConditionModel& unet, models::AutoencoderKL& vae,
-                         models::CLIPTextModel& text_encoder,
-                         const schedulers::DDPMScheduler& scheduler,
-                         const torch::Tensor& pixel_values, const torch::Tensor& input_ids,
-                         const StepDraws& draws, const LossConfig& config) {
+StepOutputs compute_step(StepModels& m, const torch::Tensor& pixel_values,
+                         const torch::Tensor& input_ids, const StepDraws& draws,
+                         const LossConfig& config) {
+    auto& unet                        = m.unet;
+    auto& vae                         = m.vae;
+    auto& text_encoder                = m.text_encoder;
+    const auto& scheduler             = m.noise_scheduler;
     const std::string prediction_type = effective_prediction_type(scheduler, config);
     if (config.dream_training && prediction_type != "epsilon")
         throw std::runtime_error(

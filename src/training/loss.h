@@ -73,15 +73,22 @@ StepDraws draw_step_randoms(at::IntArrayRef latent_shape, int64_t num_train_time
                             at::Generator& generator, const LossConfig& config,
                             bool pinned = false);
 
+// The models a training step computes with: the frozen VAE and text encoder, the trained UNet
+// and the noise scheduler (training/train_setup's TrainingModels is one, with more).
+struct StepModels {
+    models::UNet2DConditionModel unet{nullptr};
+    models::AutoencoderKL vae{nullptr};
+    models::CLIPTextModel text_encoder{nullptr};
+    schedulers::DDPMScheduler noise_scheduler;
+};
+
 // One micro-step's forward and loss. The VAE and text encoder run under NoGradGuard (frozen),
 // pixel_values [B, 3, H, W] in [-1, 1] are cast to the VAE's dtype; input_ids [B, S] int64.
 // The draws are moved to the latents' device and dtype. The UNet forward records autograd;
 // call loss.backward() afterwards. Throws for DREAM with v_prediction.
-StepOutputs compute_step(models::UNet2DConditionModel& unet, models::AutoencoderKL& vae,
-                         models::CLIPTextModel& text_encoder,
-                         const schedulers::DDPMScheduler& scheduler,
-                         const torch::Tensor& pixel_values, const torch::Tensor& input_ids,
-                         const StepDraws& draws, const LossConfig& config);
+StepOutputs compute_step(StepModels& m, const torch::Tensor& pixel_values,
+                         const torch::Tensor& input_ids, const StepDraws& draws,
+                         const LossConfig& config);
 
 // The loss from prediction and target: mean((pred - target)^2) in float32, or with snr_gamma
 // mean_b(w_b * mean_chw((pred - target)^2)), w = schedulers::min_snr_loss_weights (SNR = 0 safe).

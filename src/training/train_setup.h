@@ -64,11 +64,7 @@ std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParal
 
 // What a run computes with: the frozen VAE and text encoder in the weight dtype, the trained UNet
 // in fp32, the noise scheduler and the prediction type, decided (and checked against DREAM) once.
-struct TrainingModels {
-    models::UNet2DConditionModel unet{nullptr};
-    models::AutoencoderKL vae{nullptr};
-    models::CLIPTextModel text_encoder{nullptr};
-    schedulers::DDPMScheduler noise_scheduler;
+struct TrainingModels : StepModels {
     std::string prediction_type;
     torch::ScalarType weight_dtype = torch::kFloat32;
 };

@@ -100,8 +100,7 @@ torch::Tensor micro_step(TrainingModels& m, const data::Batch& batch, const Step
     StepOutputs out;
     {
         AutocastGuard autocast(device, m.weight_dtype);  // no-op for fp32
-        out = compute_step(m.unet, m.vae, m.text_encoder, m.noise_scheduler, pixels, ids, draws,
-                           loss_cfg);
+        out = compute_step(m, pixels, ids, draws, loss_cfg);
     }
     // accelerate divides by GA; with several ranks each loss is also weighted by the rank's
     // share of the step's samples (the sum over ranks is the mean over all).
@@ -253,13 +252,15 @@ TrainResult train(const TrainConfig& c) {
     // TensorBoard (rank 0) and the pipeline used for validation images, sharing the training
     // modules.
     auto tensorboard = open_tensorboard(c, is_main, global_step);
-    pipeline::StableDiffusionPipeline validation_pipe(unet, vae, models.text_encoder, tokenizer);
-    // TensorBoard step: the epoch for per-epoch validation (as the original), else the step.
-    auto validate = [&](int64_t step, int64_t tensorboard_step) {
-        if (c.validation_prompts.empty() || !is_main) return;
-        log_validation(c, validation_pipe, scheduler_config, ema.get(), prediction_type, seed, step,
-                       tensorboard_step, models.weight_dtype, tensorboard.get());
-    };
+    Validation validate{is_main,
+                        c,
+                        {unet, vae, models.text_encoder, tokenizer},
+                        scheduler_config,
+                        prediction_type,
+                        seed,
+                        models.weight_dtype,
+                        ema.get(),
+                        tensorboard.get()};
 
     const std::string metrics =
         c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";

@@ -23,6 +23,30 @@ torch::Tensor log_validation(const TrainConfig& config, pipeline::StableDiffusio
                              int64_t tensorboard_step, torch::ScalarType autocast_dtype,
                              io::EventWriter* tensorboard);
 
+// What log_validation needs besides the step, set up once per run: whether this rank makes the
+// images (rank 0), the pipeline over the training modules, the scheduler config and prediction
+// type, the seed, the autocast dtype, the EMA (may be null) and the TensorBoard writer (may be
+// null).
+struct Validation {
+    bool on_this_rank;
+    const TrainConfig& config;
+    pipeline::StableDiffusionPipeline pipe;
+    io::JsonConfig scheduler_config;
+    std::string prediction_type;
+    uint64_t seed;
+    torch::ScalarType autocast_dtype;
+    EMAModel* ema;
+    io::EventWriter* tensorboard;
+
+    // Images for every --validation_prompts entry (none without prompts). TensorBoard step: the
+    // epoch for per-epoch validation (as the original), else the step.
+    void operator()(int64_t step, int64_t tensorboard_step) {
+        if (!on_this_rank || config.validation_prompts.empty()) return;
+        log_validation(config, pipe, scheduler_config, ema, prediction_type, seed, step,
+                       tensorboard_step, autocast_dtype, tensorboard);
+    }
+};
+
 // "a red fox, 4k!" -> "a-red-fox-4k": safe in a file name, at most 60 characters.
 std::string prompt_slug(const std::string& prompt);
 
