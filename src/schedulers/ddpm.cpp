@@ -42,13 +42,8 @@ void check_prediction_type(const std::string& prediction_type, const std::string
 
 SchedulerConfig SchedulerConfig::from_json(const io::JsonConfig& json) {
     SchedulerConfig c;
-    c.class_name          = json.get<std::string>("_class_name", c.class_name);
-    c.num_train_timesteps = json.get<int64_t>("num_train_timesteps", c.num_train_timesteps);
-    c.beta_start          = json.get<double>("beta_start", c.beta_start);
-    c.beta_end            = json.get<double>("beta_end", c.beta_end);
-    c.beta_schedule       = json.get<std::string>("beta_schedule", c.beta_schedule);
-    c.trained_betas       = json.get<std::vector<double>>("trained_betas", c.trained_betas);
-    check_beta_keys(json, c.num_train_timesteps, c.beta_start, c.beta_end, c.trained_betas);
+    c.class_name = json.get<std::string>("_class_name", c.class_name);
+    c.read_beta_keys(json);
     c.variance_type   = json.get<std::string>("variance_type", c.variance_type);
     c.clip_sample     = json.get<bool>("clip_sample", c.clip_sample);
     c.prediction_type = json.get<std::string>("prediction_type", c.prediction_type);

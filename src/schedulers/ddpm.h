@@ -16,19 +16,15 @@
 
 #include "io/json_config.h"
 #include "schedulers/noise_schedule.h"
+#include "schedulers/scheduler.h"
 
 namespace t2i::schedulers {
 
 // The keys of scheduler/scheduler_config.json that DDPMScheduler has, with diffusers' defaults.
 // Any scheduler's config (PNDM in the SD 1.5 repo, DDIM, ...) can be read; diffusers'
 // `DDPMScheduler.from_config` also ignores keys it does not know.
-struct SchedulerConfig {
+struct SchedulerConfig : BetaScheduleConfig {  // the beta keys, shared with every sampler
     std::string class_name            = "DDPMScheduler";  // `_class_name`
-    int64_t num_train_timesteps       = 1000;
-    double beta_start                 = 0.0001;
-    double beta_end                   = 0.02;
-    std::string beta_schedule         = "linear";  // linear|scaled_linear|squaredcos_cap_v2|sigmoid
-    std::vector<double> trained_betas = {};        // empty == null
     std::string variance_type         = "fixed_small";
     bool clip_sample                  = true;
     std::string prediction_type       = "epsilon";  // epsilon|sample|v_prediction
