@@ -178,13 +178,8 @@ int generate_command(const std::vector<std::string>& args) {
                          "] (0 = all cores), got " + std::to_string(f.num_threads));
     set_num_threads(static_cast<int>(f.num_threads));
     pipeline::LoadOptions lo;
-    lo.dtype = [&]() -> torch::ScalarType {
-        if (f.torch_dtype == "fp32" || f.torch_dtype == "float32") return torch::kFloat32;
-        if (f.torch_dtype == "fp16" || f.torch_dtype == "float16") return torch::kFloat16;
-        if (f.torch_dtype == "bf16" || f.torch_dtype == "bfloat16") return torch::kBFloat16;
-        throw UsageError("--torch_dtype '" + f.torch_dtype + "': expected fp32, fp16 or bf16");
-    }();
     try {
+        lo.dtype  = parse_dtype(f.torch_dtype, "--torch_dtype");
         lo.device = resolve_device(f.device);
     } catch (const DeviceError& e) {
         throw UsageError(e.what());

@@ -208,13 +208,8 @@ models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOption
 
 ModelFolder ModelFolder::open(const std::string& model, const std::string& base_model) {
     ModelFolder f;
-    if (io::file_exists(model + "/model_index.json")) {
-        f.index    = read_pipeline_index(model);  // names a missing component
-        f.unet_dir = model + "/unet";
-        f.base     = model;
-        return f;
-    }
-    if (io::dir_exists(model + "/unet")) {  // a checkpoint-N folder: UNet only
+    if (!io::file_exists(model + "/model_index.json") && io::dir_exists(model + "/unet")) {
+        // A checkpoint-N folder: UNet only.
         if (base_model.empty())
             throw std::invalid_argument(
                 "--model '" + model +
@@ -227,8 +222,8 @@ ModelFolder ModelFolder::open(const std::string& model, const std::string& base_
         f.base       = base_model;
         return f;
     }
-    check_model_dir(model);  // throws with a helpful message
-    f.index    = read_pipeline_index(model);
+    // A pipeline folder; anything else gets check_model_dir's message (a Hub id, no index).
+    f.index    = read_pipeline_index(model);  // names a missing component
     f.unet_dir = model + "/unet";
     f.base     = model;
     return f;

@@ -15,9 +15,8 @@ namespace t2i::training {
 namespace fs = std::filesystem;
 
 torch::ScalarType weight_dtype_of(const TrainConfig& c) {
-    if (c.mixed_precision == "fp16") return torch::kFloat16;
-    if (c.mixed_precision == "bf16") return torch::kBFloat16;
-    return torch::kFloat32;
+    // validate() checked the value; unset = "no" (accelerate's default without a config).
+    return parse_dtype(c.mixed_precision.value_or("no"), "--mixed_precision");
 }
 
 data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {

@@ -290,7 +290,6 @@ TrainResult train(const TrainConfig& c) {
         progress->message("saved " + path);
     };
 
-    const int64_t start_step = global_step;
     std::vector<double> losses;  // for the end-of-run summary
     const auto pixel_shape =
         std::vector<int64_t>{0, 3, int64_t(c.resolution), int64_t(c.resolution)};
@@ -350,7 +349,7 @@ TrainResult train(const TrainConfig& c) {
 
         // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
         const bool stop = step.stop_signal ||
-                          (c.stop_after_steps && global_step - start_step >= *c.stop_after_steps);
+                          (c.stop_after_steps && global_step - global_start >= *c.stop_after_steps);
         if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
         if (stop && global_step < max_steps) {
             divergence.finish(/*stopping=*/true);

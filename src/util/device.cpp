@@ -76,6 +76,13 @@ torch::Device resolve_device(const std::string& value, int default_index, const 
     return device;
 }
 
+torch::ScalarType parse_dtype(const std::string& name, const std::string& flag) {
+    if (name == "fp32" || name == "float32" || name == "no") return torch::kFloat32;
+    if (name == "fp16" || name == "float16") return torch::kFloat16;
+    if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+    throw DeviceError(flag + " '" + name + "': expected fp32, fp16 or bf16");
+}
+
 double peak_device_memory_mb(const torch::Device& device) {
     if (device.is_cpu()) return -1;
     const auto stats     = c10::getDeviceAllocator(device.type())->getDeviceStats(device.index());

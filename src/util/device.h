@@ -25,6 +25,10 @@ int cuda_device_count(std::string* why = nullptr);
 torch::Device resolve_device(const std::string& value, int default_index = 0,
                              const std::string& flag = "--device");
 
+// "fp32" | "fp16" | "bf16" (also diffusers' "float32" / "float16" / "bfloat16", and accelerate's
+// "no" for fp32) -> the dtype; anything else throws DeviceError naming `flag`.
+torch::ScalarType parse_dtype(const std::string& name, const std::string& flag);
+
 // Peak bytes the caching allocator has handed out on a GPU since the start, in MB (torch's
 // max_memory_allocated); -1 for the CPU.
 double peak_device_memory_mb(const torch::Device& device);
