@@ -1,5 +1,6 @@
-// Implements: caption_dataset.h: finding the layout of a local dataset, reading metadata
-// (JSON, JSON lines, CSV), the script's column checks, and the per-sample preprocessing.
+// Implements: caption_dataset.h: finding the layout of a local dataset, its records from
+// metadata tables (data/metadata_table), sidecar captions or folders, the script's column checks,
+// and the per-sample preprocessing.
 #include "data/caption_dataset.h"
 
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "data/metadata_table.h"
 #include "io/file_util.h"
 #include "io/image_io.h"
 #include "io/json_config.h"
@@ -25,13 +27,6 @@ namespace {
 
 // A sidecar caption is a line of text; a larger file is not a caption file.
 constexpr uint64_t kMaxCaptionFileBytes = 1 << 20;
-
-// A data file read into rows of JSON objects (CSV cells become strings).
-struct Table {
-    std::string file;
-    std::vector<std::string> columns;  // in order of first appearance
-    std::vector<json> rows;
-};
 
 // Extensions of Hugging Face's imagefolder (the common part); t2i decodes PNG, JPEG and WebP
 // and reports the others by path when they are loaded.
@@ -109,113 +104,6 @@ std::vector<fs::path> list_files(const fs::path& dir, const DatasetConfig& cfg,
     walk(dir, index, cfg.allow_paths_outside_dataset, &seen, &files);
     std::sort(files.begin(), files.end());
     return files;
-}
-
-void add_column(std::vector<std::string>* columns, const std::string& name) {
-    if (std::find(columns->begin(), columns->end(), name) == columns->end())
-        columns->push_back(name);
-}
-
-// RFC 4180 CSV: quoted fields with "" escapes and embedded newlines; CRLF or LF.
-std::vector<std::vector<std::string>> parse_csv(const std::string& text, const std::string& file) {
-    std::vector<std::vector<std::string>> rows;
-    std::vector<std::string> row;
-    std::string field;
-    bool quoted = false, was_quoted = false;
-    size_t i     = text.rfind("\xEF\xBB\xBF", 0) == 0 ? 3 : 0;  // UTF-8 BOM
-    auto end_row = [&]() {
-        row.push_back(field);
-        if (!(row.size() == 1 && row[0].empty() && !was_quoted)) rows.push_back(row);
-        row.clear();
-        field.clear();
-        was_quoted = false;
-    };
-    for (; i < text.size(); ++i) {
-        const char c = text[i];
-        if (quoted) {
-            if (c != '"')
-                field += c;
-            else if (i + 1 < text.size() && text[i + 1] == '"')
-                field += '"', ++i;
-            else
-                quoted = false;
-        } else if (c == '"' && field.empty()) {
-            quoted = was_quoted = true;
-        } else if (c == ',') {
-            row.push_back(field);
-            field.clear();
-        } else if (c == '\n' || c == '\r') {
-            if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
-            end_row();
-        } else {
-            field += c;
-        }
-    }
-    if (quoted) throw std::runtime_error("'" + file + "': unterminated quoted CSV field");
-    if (!field.empty() || !row.empty() || was_quoted) end_row();
-    return rows;
-}
-
-Table read_csv_table(const std::string& file, const std::string& text) {
-    Table t{file, {}, {}};
-    const auto rows = parse_csv(text, file);
-    if (rows.empty()) return t;
-    t.columns = rows[0];
-    for (size_t r = 1; r < rows.size(); ++r) {
-        if (rows[r].size() != t.columns.size())
-            throw std::runtime_error("'" + file + "': CSV row " + std::to_string(r) + " has " +
-                                     std::to_string(rows[r].size()) + " fields, the header has " +
-                                     std::to_string(t.columns.size()));
-        json row = json::object();
-        for (size_t c = 0; c < t.columns.size(); ++c) row[t.columns[c]] = rows[r][c];
-        t.rows.push_back(std::move(row));
-    }
-    return t;
-}
-
-std::vector<json> parse_json_lines(const std::string& text, const std::string& file) {
-    std::vector<json> rows;
-    std::istringstream in(text);
-    std::string line;
-    for (int line_no = 1; std::getline(in, line); ++line_no) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        try {
-            rows.push_back(json::parse(line));
-        } catch (const json::parse_error& e) {
-            throw std::runtime_error("'" + file + "' line " + std::to_string(line_no) +
-                                     ": invalid JSON: " + e.what());
-        }
-    }
-    return rows;
-}
-
-// .jsonl: one object per line. .json: an array of objects (or, as HF's json loader falls back
-// to, JSON lines). .csv: a header row.
-Table read_table(const std::string& file) {
-    const std::string text = io::read_utf8_file(file, io::kMaxDataFileBytes);
-    const std::string ext  = lower_ext(file);
-    if (ext == ".csv") return read_csv_table(file, text);
-    Table t{file, {}, {}};
-    if (ext == ".json") {
-        json doc = json::parse(text, nullptr, /*allow_exceptions=*/false);
-        if (doc.is_array())
-            t.rows.assign(doc.begin(), doc.end());
-        else if (doc.is_object())
-            throw std::runtime_error("'" + file +
-                                     "' holds one JSON object; expected an array of "
-                                     "records [{\"image\": ..., \"text\": ...}, ...]");
-        else
-            t.rows = parse_json_lines(text, file);
-    } else {
-        t.rows = parse_json_lines(text, file);
-    }
-    for (size_t r = 0; r < t.rows.size(); ++r) {
-        if (!t.rows[r].is_object())
-            throw std::runtime_error("'" + file + "': record " + std::to_string(r) +
-                                     " is not a JSON object");
-        for (const auto& item : t.rows[r].items()) add_column(&t.columns, item.key());
-    }
-    return t;
 }
 
 void check_column(const std::string& flag, const std::string& value,
