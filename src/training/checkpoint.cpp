@@ -332,7 +332,7 @@ TrainerState read_trainer_state(const std::string& file) {
     return state;
 }
 
-int64_t resume_training(const TrainConfig& c, DataParallel& dp, const ResumeTargets& t,
+int64_t resume_training(const TrainConfig& c, DataParallel& dp, const TrainingState& t,
                         int64_t dataset_size) {
     const auto path = dp.shared_path(
         dp.is_main() ? resolve_checkpoint(*c.resume_from_checkpoint, c.output_dir) : std::nullopt,
@@ -369,6 +369,23 @@ int64_t resume_training(const TrainConfig& c, DataParallel& dp, const ResumeTarg
     }
     log_info("resumed from %s at step %lld", path->c_str(), (long long)state.global_step);
     return state.global_step;
+}
+
+std::string save_training_state(const TrainConfig& c, DataParallel& dp, io::OutputFolder* out,
+                                const TrainingState& t, int64_t global_step) {
+    const TensorMap optimizer_state = dp.checkpoint_optimizer_state(t.optimizer);
+    if (!dp.is_main()) return "";
+    TrainerState s;
+    s.global_step = global_step;
+    s.loader      = t.loader.position();
+    s.lr_schedule = t.schedule.state();
+    s.extra       = {{"skipped_samples", t.loader.skipped()},
+                     {"grad_scaler", t.scaler.state_dict()},
+                     {"world_size", dp.world_size()},
+                     {"train_batch_size", c.train_batch_size}};
+    s.config      = c.to_json();
+    return save_checkpoint(*out, t.unet, t.ema, optimizer_state, t.generator, s,
+                           c.checkpoints_total_limit);
 }
 
 }  // namespace t2i::training

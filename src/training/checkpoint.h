@@ -106,8 +106,9 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
 
 class DataParallel;  // training/data_parallel.h
 
-// What a resume restores, besides the step count it returns.
-struct ResumeTargets {
+// What a checkpoint holds besides the step count: what save_training_state writes and
+// resume_training restores.
+struct TrainingState {
     models::UNet2DConditionModel& unet;
     EMAModel* ema;  // null without --use_ema (or on ranks other than 0)
     AdamW& optimizer;
@@ -122,7 +123,14 @@ struct ResumeTargets {
 // grad scaler, generator and the loader at the exact next batch (converted through the samples
 // already seen when the number of processes or the batch size changed). Returns the global step:
 // 0 when there is no checkpoint yet (a new run starts).
-int64_t resume_training(const TrainConfig& c, DataParallel& dp, const ResumeTargets& t,
+int64_t resume_training(const TrainConfig& c, DataParallel& dp, const TrainingState& t,
                         int64_t dataset_size);
+
+// checkpoint-<global_step>/ of the run (save_checkpoint), with the loader position, LR schedule,
+// grad scaler and the flags; older checkpoints pruned to --checkpoints_total_limit. Collective
+// under ZeRO-1 (the optimizer state shards are gathered on rank 0, which alone writes). Returns
+// the folder written; "" on the other ranks.
+std::string save_training_state(const TrainConfig& c, DataParallel& dp, io::OutputFolder* out,
+                                const TrainingState& t, int64_t global_step);
 
 }  // namespace t2i::training

@@ -193,6 +193,39 @@ std::unique_ptr<io::EventWriter> open_tensorboard(const TrainConfig& c, bool is_
     return tensorboard;
 }
 
+void log_plan(const TrainConfig& c, const StepPlan& plan, int64_t samples,
+              int64_t batches_per_epoch, int world_size, uint64_t seed) {
+    log_info(
+        "%lld samples, %lld batches/epoch, %lld epochs, %lld optimizer steps, batch %lld x "
+        "accumulation %lld x %d process(es), seed %llu",
+        (long long)samples, (long long)batches_per_epoch, (long long)plan.num_epochs,
+        (long long)plan.max_steps, (long long)c.train_batch_size, (long long)plan.accumulation,
+        world_size, (unsigned long long)seed);
+}
+
+std::unique_ptr<ProgressReporter> open_progress(const TrainConfig& c, bool is_main,
+                                                int64_t max_steps, int64_t global_step) {
+    if (!is_main) return nullptr;
+    const std::string metrics =
+        c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";
+    return std::make_unique<ProgressReporter>(max_steps, global_step, c.logging_steps, metrics);
+}
+
+Validation make_validation(const TrainConfig& c, bool is_main, const TrainingModels& m,
+                           const tokenizer::CLIPTokenizer& tokenizer,
+                           const io::JsonConfig& scheduler_config, uint64_t seed, EMAModel* ema,
+                           io::EventWriter* tensorboard) {
+    return Validation{is_main,
+                      c,
+                      {m.unet, m.vae, m.text_encoder, tokenizer},
+                      scheduler_config,
+                      m.prediction_type,
+                      seed,
+                      m.weight_dtype,
+                      ema,
+                      tensorboard};
+}
+
 Optimization make_optimization(const TrainConfig& c, DataParallel& dp,
                                const torch::OrderedDict<std::string, torch::Tensor>& params,
                                const StepPlan& plan, torch::ScalarType weight_dtype,

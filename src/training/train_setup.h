@@ -27,7 +27,9 @@
 #include "training/loss.h"
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
+#include "training/progress.h"
 #include "training/train_config.h"
+#include "training/validation.h"
 #include "util/grad_scaler.h"
 
 namespace t2i::training {
@@ -85,10 +87,25 @@ struct StepPlan {
 
 StepPlan plan_steps(const TrainConfig& c, int64_t batches_per_epoch, int world_size);
 
+// The run's plan in one log line: samples, batches, epochs, steps, batch x GA x processes, seed.
+void log_plan(const TrainConfig& c, const StepPlan& plan, int64_t samples,
+              int64_t batches_per_epoch, int world_size, uint64_t seed);
+
 // TensorBoard event files (the original's tags), with the run's config as text first, as the
 // original's init_trackers. Rank 0, --report_to tensorboard | all; else null.
 std::unique_ptr<io::EventWriter> open_tensorboard(const TrainConfig& c, bool is_main,
                                                   int64_t global_step);
+
+// The progress bar and logging_dir/metrics.jsonl (none with --report_to none). Rank 0; else null.
+std::unique_ptr<ProgressReporter> open_progress(const TrainConfig& c, bool is_main,
+                                                int64_t max_steps, int64_t global_step);
+
+// Validation images over the training modules (they share the UNet, VAE and text encoder) with
+// the base model's scheduler config and the trained prediction type.
+Validation make_validation(const TrainConfig& c, bool is_main, const TrainingModels& m,
+                           const tokenizer::CLIPTokenizer& tokenizer,
+                           const io::JsonConfig& scheduler_config, uint64_t seed, EMAModel* ema,
+                           io::EventWriter* tensorboard);
 
 // What updates the weights: AdamW (under ZeRO-1 over this rank's parameters only), the LR
 // schedule (in optimizer steps), the EMA (rank 0 alone: the others never use it), the fp16 grad

@@ -13,39 +13,25 @@
 
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <csignal>
-#include <filesystem>
 #include <random>
-#include <thread>
 
 #include "data/loader.h"
-#include "io/file_util.h"
 #include "io/json_config.h"
-#include "io/tensorboard.h"
 #include "pipeline/model_dir.h"
-#include "pipeline/text_to_image.h"
-#include "schedulers/ddpm.h"
-#include "tokenizer/clip_tokenizer.h"
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
 #include "training/divergence.h"
-#include "training/ema.h"
 #include "training/loss.h"
-#include "training/lr_schedule.h"
 #include "training/optimizer.h"
 #include "training/progress.h"
 #include "training/train_setup.h"
-#include "training/validation.h"
 #include "util/autocast.h"
 #include "util/device.h"
 #include "util/grad_scaler.h"
 #include "util/log.h"
-#include "util/torch_compat.h"
 
 namespace t2i::training {
-
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -84,31 +70,87 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
     pipeline::save_pipeline_folder(out, base, unet, sched, c.variant.value_or(""));
 }
 
-}  // namespace
-
-namespace {
+// What every optimizer step works with, set up once by train(): the models, the optimization
+// state, the processes, the loader, the loss flags and the UNet's parameters in order.
+struct StepContext {
+    const TrainConfig& c;
+    TrainingModels& models;
+    Optimization& opt;
+    DataParallel& dp;
+    data::DataLoader& loader;
+    LossConfig loss;
+    int64_t accumulation;  // GA
+    torch::Device device;
+    torch::OrderedDict<std::string, torch::Tensor> params;
+    std::vector<torch::Tensor> param_list;  // the same tensors, in order
+};
 
 // One micro-batch: this rank's draws, forward under autocast, the loss divided by GA (and
 // weighted by the rank's share of the step's samples), backward through the grad scaler.
 // Returns the unscaled loss times the share, for the step's mean, as a device tensor.
-torch::Tensor micro_step(TrainingModels& m, const data::Batch& batch, const StepDraws& draws,
-                         const LossConfig& loss_cfg, DataParallel& dp, GradScaler& scaler,
-                         int64_t accumulation, torch::Device device) {
+torch::Tensor micro_step(StepContext& s, const data::Batch& batch, const StepDraws& draws) {
+    auto& m = s.models;
     // From pinned memory on a GPU (the loader pins its batches): no host stop.
-    auto pixels = batch.pixel_values.to(device, m.weight_dtype, /*non_blocking=*/true);
-    auto ids    = batch.input_ids.to(device, /*non_blocking=*/true);
+    auto pixels = batch.pixel_values.to(s.device, m.weight_dtype, /*non_blocking=*/true);
+    auto ids    = batch.input_ids.to(s.device, /*non_blocking=*/true);
     StepOutputs out;
     {
-        AutocastGuard autocast(device, m.weight_dtype);  // no-op for fp32
-        out = compute_step(m, pixels, ids, draws, loss_cfg);
+        AutocastGuard autocast(s.device, m.weight_dtype);  // no-op for fp32
+        out = compute_step(m, pixels, ids, draws, s.loss);
     }
     // accelerate divides by GA; with several ranks each loss is also weighted by the rank's
     // share of the step's samples (the sum over ranks is the mean over all).
-    const double share = dp.loss_share(batch);
-    auto loss          = out.loss / static_cast<double>(accumulation);
-    if (dp.active()) loss = loss * share;
-    scaler.scale(loss).backward();  // fp16 scales the loss (GradScaler); others pass through
+    const double share = s.dp.loss_share(batch);
+    auto loss          = out.loss / static_cast<double>(s.accumulation);
+    if (s.dp.active()) loss = loss * share;
+    s.opt.scaler->scale(loss).backward();  // fp16 scales the loss (GradScaler); others pass
     return out.loss.detach().to(torch::kFloat64) * share;
+}
+
+// The micro-batches of one optimizer step (accelerator.accumulate): GA of them, fewer at the end
+// of an epoch, where accelerate syncs too.
+struct Accumulated {
+    torch::Tensor loss_sum;  // device float64: the sum of the micro-batch losses (x share)
+    int64_t samples = 0;     // of this rank
+    int64_t epoch   = 0;
+    bool epoch_done = false;  // this step consumed the epoch's last batch
+};
+
+Accumulated accumulate_gradients(StepContext& s) {
+    const auto& c = s.c;
+    Accumulated a;
+    a.epoch       = s.loader.position().epoch;
+    a.loss_sum    = torch::zeros({}, torch::dtype(torch::kFloat64).device(s.device));
+    int64_t micro = 0;
+    while (micro < s.accumulation) {
+        auto batch = s.loader.next();
+        if (!batch) {
+            if (micro > 0) break;  // end of epoch: sync with what was accumulated
+            continue;              // the next call starts the next epoch
+        }
+        a.epoch               = batch->epoch;
+        a.epoch_done          = s.loader.position().batch >= s.loader.batches_per_epoch();
+        const bool last_micro = micro + 1 == s.accumulation || a.epoch_done;
+        const int64_t n       = batch->size();
+        // One process: the draws of this batch. Several: the draws of the step's global batch
+        // (the same generator state on every rank), of which this rank uses its rows.
+        const std::vector<int64_t> pixel_shape{s.dp.active() ? batch->global_size : n, 3,
+                                               int64_t(c.resolution), int64_t(c.resolution)};
+        auto draws = draw_step_randoms(latent_shape(s.models.vae->config, pixel_shape),
+                                       s.models.noise_scheduler.config().num_train_timesteps,
+                                       s.opt.generator, s.loss, s.device.is_cuda());
+        if (last_micro) s.dp.before_last_backward();
+        ++micro;
+        if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
+            if (a.epoch_done) break;
+            continue;
+        }
+        draws = s.dp.local_draws(draws, *batch);  // this rank's rows
+        a.loss_sum.add_(micro_step(s, *batch, draws));
+        a.samples += n;
+        if (a.epoch_done) break;  // accelerate syncs at the end of the dataloader
+    }
+    return a;
 }
 
 // The step's one read of device values: the clipped gradients' norm, the loss sum (one process;
@@ -152,29 +194,27 @@ struct StepResult {
     int64_t samples  = 0;  // over all ranks
 };
 
-StepResult optimizer_step(const TrainConfig& c, DataParallel& dp, Optimization& o,
-                          const std::vector<torch::Tensor>& param_list,
-                          const torch::OrderedDict<std::string, torch::Tensor>& params,
-                          const torch::Tensor& loss_acc, int64_t samples, int64_t global_step) {
+StepResult optimizer_step(StepContext& s, const Accumulated& a, int64_t global_step) {
+    auto& o = s.opt;
     StepResult r;
-    r.samples     = samples;
+    r.samples     = a.samples;
     r.stop_signal = g_stop_signal.load() != 0;
     // Several processes: the loss goes through a CPU all-reduce with the sample count.
-    r.loss_sum = dp.active() ? loss_acc.item<double>() : 0.0;
-    dp.sync_gradients(r.loss_sum, r.samples, r.stop_signal, global_step);
+    r.loss_sum = s.dp.active() ? a.loss_sum.item<double>() : 0.0;
+    s.dp.sync_gradients(r.loss_sum, r.samples, r.stop_signal, global_step);
     auto& scaler = *o.scaler;
-    if (scaler.is_enabled()) scaler.unscale_(param_list);
-    r.grad_norm =
-        clip_and_read(param_list, c.max_grad_norm, loss_acc, dp.active(), scaler, r.loss_sum);
-    r.lr = o.schedule->get_lr();
+    if (scaler.is_enabled()) scaler.unscale_(s.param_list);
+    r.grad_norm = clip_and_read(s.param_list, s.c.max_grad_norm, a.loss_sum, s.dp.active(), scaler,
+                                r.loss_sum);
+    r.lr        = o.schedule->get_lr();
     o.optimizer->set_lr(r.lr);
     r.finite = DivergenceGuard::finite(r.loss_sum, r.grad_norm, scaler.is_enabled());
     // An fp16 step with inf/nan gradients is skipped, and so is the LR step (accelerate).
-    if (r.finite && scaler.step([&] { o.optimizer->step(); }, param_list)) o.schedule->step();
+    if (r.finite && scaler.step([&] { o.optimizer->step(); }, s.param_list)) o.schedule->step();
     scaler.update();
     o.optimizer->zero_grad();
-    dp.after_optimizer_step(param_list);  // ZeRO-1: owners broadcast their parameters
-    if (o.ema && r.finite) o.ema->step(params);
+    s.dp.after_optimizer_step(s.param_list);  // ZeRO-1: owners broadcast their parameters
+    if (o.ema && r.finite) o.ema->step(s.params);
     return r;
 }
 
@@ -190,9 +230,7 @@ TrainResult train(const TrainConfig& c) {
     // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
     const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path);
     const auto scheduler_config = model_folder.scheduler_config();
-    DataParallel dp(c, world, device);  // one process, or the torchrun world
-    const int W         = dp.world_size();
-    const bool is_main  = dp.is_main();
+    DataParallel dp(c, world, device);            // one process, or the torchrun world
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
     warn_ineffective_flags(c, dp);
 
@@ -205,159 +243,79 @@ TrainResult train(const TrainConfig& c) {
     dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
     std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
 
-    // 2. Scheduler and models. VAE and text encoder are frozen and cast to the weight dtype; the
-    //    UNet trains in fp32.
-    auto models               = load_models(c, model_folder, scheduler_config, tokenizer, device);
-    auto& unet                = models.unet;
-    auto& vae                 = models.vae;
-    const LossConfig loss_cfg = loss_config(c);
-    const std::string& prediction_type = models.prediction_type;
+    // 2. Scheduler and models: the frozen VAE and text encoder in the weight dtype, the UNet in
+    //    fp32, the prediction type decided once.
+    auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
 
-    // 3. Step accounting as the script.
-    const StepPlan plan      = plan_steps(c, loader.batches_per_epoch(), W);
-    const int64_t GA         = plan.accumulation;
-    const int64_t max_steps  = plan.max_steps;
-    const int64_t num_epochs = plan.num_epochs;
+    // 3. Step accounting as the script; 4. optimizer, LR schedule, EMA, grad scaler, generator.
+    const StepPlan plan = plan_steps(c, loader.batches_per_epoch(), dp.world_size());
+    const auto params   = models.unet->named_parameters();
+    auto opt            = make_optimization(c, dp, params, plan, models.weight_dtype, seed);
+    const TrainingState state{models.unet,   opt.ema.get(), *opt.optimizer, opt.generator,
+                              *opt.schedule, *opt.scaler,   loader};
 
-    // 4. Optimizer, LR schedule, EMA, grad scaler, the generator of every draw.
-    const auto params = unet->named_parameters();
-    auto opt          = make_optimization(c, dp, params, plan, models.weight_dtype, seed);
-    auto& optimizer   = opt.optimizer;
-    auto& schedule    = *opt.schedule;
-    auto& ema         = opt.ema;
-    auto& scaler      = *opt.scaler;
-    auto& generator   = opt.generator;
-
-    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch
-    //    (training/checkpoint).
+    // 5. Resume: weights, optimizer, EMA, LR step, generator and the exact next batch.
     const int64_t global_start =
-        c.resume_from_checkpoint
-            ? resume_training(c, dp,
-                              {unet, ema.get(), *optimizer, generator, schedule, scaler, loader},
-                              dataset->size())
-            : 0;
+        c.resume_from_checkpoint ? resume_training(c, dp, state, dataset->size()) : 0;
     int64_t global_step = global_start;
-    std::vector<torch::Tensor> param_list;
-    for (const auto& p : params) param_list.push_back(p.value());
+    StepContext step{c,      models, opt, dp, loader, loss_config(c), plan.accumulation,
+                     device, params, {}};
+    for (const auto& p : step.params) step.param_list.push_back(p.value());
     // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
     // gradient hooks.
-    dp.broadcast_and_hook(param_list, c.ddp_bucket_cap_mb);
-    log_info(
-        "%lld samples, %lld batches/epoch, %lld epochs, %lld optimizer steps, batch %lld x "
-        "accumulation %lld x %d process(es), seed %llu",
-        (long long)dataset->size(), (long long)loader.batches_per_epoch(), (long long)num_epochs,
-        (long long)max_steps, (long long)c.train_batch_size, (long long)GA, W,
-        (unsigned long long)seed);
+    dp.broadcast_and_hook(step.param_list, c.ddp_bucket_cap_mb);
+    log_plan(c, plan, dataset->size(), loader.batches_per_epoch(), dp.world_size(), seed);
 
-    // TensorBoard (rank 0) and the pipeline used for validation images, sharing the training
-    // modules.
-    auto tensorboard = open_tensorboard(c, is_main, global_step);
-    Validation validate{is_main,
-                        c,
-                        {unet, vae, models.text_encoder, tokenizer},
-                        scheduler_config,
-                        prediction_type,
-                        seed,
-                        models.weight_dtype,
-                        ema.get(),
-                        tensorboard.get()};
-
-    const std::string metrics =
-        c.report_to == "none" ? "" : c.output_dir + "/" + c.logging_dir + "/metrics.jsonl";
-    std::unique_ptr<ProgressReporter> progress;
-    if (is_main)
-        progress =
-            std::make_unique<ProgressReporter>(max_steps, global_step, c.logging_steps, metrics);
-    // Steps whose loss is not finite: skipped, no checkpoint, and the run stops after a few.
+    // TensorBoard, progress bar, validation over the training modules (rank 0); the guard that
+    // skips steps whose loss is not finite and stops the run after a few.
+    auto tensorboard    = open_tensorboard(c, dp.is_main(), global_step);
+    auto progress       = open_progress(c, dp.is_main(), plan.max_steps, global_step);
+    Validation validate = make_validation(c, dp.is_main(), models, tokenizer, scheduler_config,
+                                          seed, opt.ema.get(), tensorboard.get());
     DivergenceGuard divergence(c, out.get());
-    // A checkpoint; collective under ZeRO-1 (the state shards are gathered on rank 0).
-    auto save = [&] {
+    auto save = [&] {                                         // collective under ZeRO-1
         if (!divergence.may_checkpoint(global_step)) return;  // every rank agrees
-        const TensorMap optimizer_state = dp.checkpoint_optimizer_state(*optimizer);
-        if (!is_main) return;
-        TrainerState s;
-        s.global_step   = global_step;
-        s.loader        = loader.position();
-        s.lr_schedule   = schedule.state();
-        s.extra         = {{"skipped_samples", loader.skipped()},
-                           {"grad_scaler", scaler.state_dict()},
-                           {"world_size", W},
-                           {"train_batch_size", c.train_batch_size}};
-        s.config        = c.to_json();
-        const auto path = save_checkpoint(*out, unet, ema.get(), optimizer_state, generator, s,
-                                          c.checkpoints_total_limit);
+        const auto path = save_training_state(c, dp, out.get(), state, global_step);
+        if (path.empty()) return;  // not rank 0
         divergence.checkpoint_written(global_step);
         progress->message("saved " + path);
     };
 
+    // 6. The loop: one iteration = one optimizer step of GA micro-batches.
     std::vector<double> losses;  // for the end-of-run summary
-    const auto pixel_shape =
-        std::vector<int64_t>{0, 3, int64_t(c.resolution), int64_t(c.resolution)};
-    // 6. The loop: one iteration = one optimizer step of GA micro-batches (fewer at the end of
-    //    an epoch, where accelerate syncs too).
-    while (global_step < max_steps) {
-        const auto t0 = std::chrono::steady_clock::now();
-        int64_t micro = 0, samples = 0, epoch = loader.position().epoch;
-        bool epoch_done = false;  // this step consumed the epoch's last batch
-        auto loss_acc   = torch::zeros({}, torch::dtype(torch::kFloat64).device(device));
-        while (micro < GA) {
-            auto batch = loader.next();
-            if (!batch) {
-                if (micro > 0) break;  // end of epoch: sync with what was accumulated
-                continue;              // the next call starts the next epoch
-            }
-            epoch                 = batch->epoch;
-            epoch_done            = loader.position().batch >= loader.batches_per_epoch();
-            const bool last_micro = micro + 1 == GA || epoch_done;
-            const int64_t n       = batch->size();
-            // One process: the draws of this batch. Several: the draws of the step's global
-            // batch (the same generator state on every rank), of which this rank uses its rows.
-            auto shape = pixel_shape;
-            shape[0]   = dp.active() ? batch->global_size : n;
-            auto draws = draw_step_randoms(latent_shape(vae->config, shape),
-                                           models.noise_scheduler.config().num_train_timesteps,
-                                           generator, loss_cfg, device.is_cuda());
-            if (last_micro) dp.before_last_backward();
-            ++micro;
-            if (n == 0) {  // a rank past the end of the epoch: no samples, zero gradient share
-                if (epoch_done) break;
-                continue;
-            }
-            draws = dp.local_draws(draws, *batch);  // this rank's rows
-            loss_acc.add_(micro_step(models, *batch, draws, loss_cfg, dp, scaler, GA, device));
-            samples += n;
-            if (epoch_done) break;  // accelerate syncs at the end of the dataloader
-        }
-        // ---- optimizer step (a NaN / infinite loss or gradient never reaches the weights) ----
-        const auto step =
-            optimizer_step(c, dp, opt, param_list, params, loss_acc, samples, global_step);
+    while (global_step < plan.max_steps) {
+        const auto t0      = std::chrono::steady_clock::now();
+        const auto micro   = accumulate_gradients(step);                // forward, loss, backward
+        const auto updated = optimizer_step(step, micro, global_step);  // never with a NaN
         ++global_step;
-        divergence.after_step(global_step, step.finite, step.loss_sum / double(GA), step.grad_norm);
+        const double loss = updated.loss_sum / double(plan.accumulation);
+        divergence.after_step(global_step, updated.finite, loss, updated.grad_norm);
         const double dt =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        losses.push_back(step.loss_sum / static_cast<double>(GA));
+        losses.push_back(loss);
         report_step(progress.get(), tensorboard.get(),
-                    {global_step, epoch, losses.back(), step.lr, step.grad_norm, dt,
-                     step.samples / dt, double(optimizer->state_bytes()) / (1 << 20),
+                    {global_step, micro.epoch, loss, updated.lr, updated.grad_norm, dt,
+                     updated.samples / dt, double(opt.optimizer->state_bytes()) / (1 << 20),
                      dp.comm_wait_seconds(), peak_device_memory_mb(device)});
 
         // Once in a while: validation images (per epoch as the original, and per step).
-        if (epoch_done && epoch % c.validation_epochs == 0)
-            validate(global_step, epoch);
+        if (micro.epoch_done && micro.epoch % c.validation_epochs == 0)
+            validate(global_step, micro.epoch);
         else if (c.validation_steps > 0 && global_step % c.validation_steps == 0)
             validate(global_step, global_step);
 
         // Once in a while: checkpoint. A signal or --stop_after_steps ends the run after one.
-        const bool stop = step.stop_signal ||
+        const bool stop = updated.stop_signal ||
                           (c.stop_after_steps && global_step - global_start >= *c.stop_after_steps);
-        if (global_step % c.checkpointing_steps == 0 || (stop && global_step < max_steps)) save();
-        if (stop && global_step < max_steps) {
+        if (global_step % c.checkpointing_steps == 0 || (stop && global_step < plan.max_steps))
+            save();
+        if (stop && global_step < plan.max_steps) {
             divergence.finish(/*stopping=*/true);
             if (progress) progress->finish();
             log_warn(
                 "stopped at step %lld (%s); continue with: t2i train <same flags> "
                 "--resume_from_checkpoint latest",
-                (long long)global_step, step.stop_signal ? "signal" : "--stop_after_steps");
+                (long long)global_step, updated.stop_signal ? "signal" : "--stop_after_steps");
             return TrainResult::kInterrupted;
         }
     }
@@ -368,9 +326,9 @@ TrainResult train(const TrainConfig& c) {
 
     // 7. Save (rank 0): EMA weights into the UNet, then the pipeline folder.
     divergence.finish(/*stopping=*/false);  // throws after a non-finite last step
-    if (!is_main) return TrainResult::kFinished;
-    if (ema) ema->copy_to(params);
-    save_final_model(c, *out, model_folder, unet, scheduler_config, prediction_type);
+    if (!dp.is_main()) return TrainResult::kFinished;
+    if (opt.ema) opt.ema->copy_to(step.params);
+    save_final_model(c, *out, model_folder, models.unet, scheduler_config, models.prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
     return TrainResult::kFinished;
 }
