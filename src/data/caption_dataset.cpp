@@ -400,16 +400,46 @@ Example CaptionDataset::get(int64_t i, Rng& rng) const {
         throw BadSampleError(e.what());
     }
     try {
-        ex.pixel_values = train_transform(image, config_.transform, rng);  // [3, R, R]
+        ex.pixel_values = train_transform(image, config_.transform, rng, &ex.flipped);
     } catch (const std::exception& e) {
         throw BadSampleError("image '" + rec.image_path + "': " + e.what());
     }
+    choose_caption(rec, rng, &ex);
+    return ex;
+}
+
+void CaptionDataset::choose_caption(const Record& rec, Rng& rng, Example* ex) const {
     // tokenize_captions: random.choice among a list (is_train=True).
     const size_t n    = rec.captions.size();
-    ex.caption        = n == 1 ? rec.captions[0] : rec.captions[rng_uniform_index(rng, n)];
-    const auto tokens = tokenizer_(ex.caption, config_.text_clean);
-    ex.input_ids      = torch::tensor(tokens.input_ids, torch::kInt64);  // [77]
+    ex->caption_index = n == 1 ? 0 : static_cast<int64_t>(rng_uniform_index(rng, n));
+    ex->caption       = rec.captions[static_cast<size_t>(ex->caption_index)];
+    ex->input_ids     = input_ids(ex->caption);  // [77]
+}
+
+torch::Tensor CaptionDataset::input_ids(const std::string& caption) const {
+    return torch::tensor(tokenizer_(caption, config_.text_clean).input_ids, torch::kInt64);
+}
+
+Example CaptionDataset::draw(int64_t i, Rng& rng) const {
+    Example ex;
+    ex.flipped = draw_flip(config_.transform, rng);
+    choose_caption(record(i), rng, &ex);
     return ex;
+}
+
+torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
+    const Record& rec = record(i);
+    torch::Tensor image;
+    try {
+        image = io::decode_image(rec.image_path);
+    } catch (const std::exception& e) {
+        throw BadSampleError(e.what());
+    }
+    try {
+        return fixed_transform(image, config_.transform, flip);
+    } catch (const std::exception& e) {
+        throw std::runtime_error("image '" + rec.image_path + "' " + e.what());
+    }
 }
 
 }  // namespace t2i::data

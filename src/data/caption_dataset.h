@@ -71,9 +71,11 @@ class BadSampleError : public std::runtime_error {
 
 // One preprocessed sample.
 struct Example {
-    torch::Tensor pixel_values;  // float32 [3, R, R] in [-1, 1]
-    torch::Tensor input_ids;     // int64 [77] (model_max_length)
-    std::string caption;         // the caption that was tokenized
+    torch::Tensor pixel_values;     // float32 [3, R, R] in [-1, 1]
+    torch::Tensor input_ids;        // int64 [77] (model_max_length)
+    std::string caption;            // the caption that was tokenized
+    bool flipped          = false;  // --random_flip mirrored it
+    int64_t caption_index = 0;      // which of the record's captions
 };
 
 // Reads the records of the source named by `config` (dataset_name wins over train_data_dir,
@@ -98,8 +100,20 @@ class CaptionDataset {
     // to --resolution would exceed the pixel budget (io::kMaxImagePixels; e.g. a 1,000,000 x 1
     // image).
     Example get(int64_t i, Rng& rng) const;
+    // What get() draws and tokenizes, without decoding (pixel_values undefined): for cached
+    // latents, built with fixed_pixels (no random crop with a choice, so get() draws only the
+    // flip and the caption, and this draws exactly the same).
+    Example draw(int64_t i, Rng& rng) const;
+    // Record `i`'s pixels with the given flip (transforms.h fixed_transform). Throws
+    // BadSampleError for an unreadable image, std::runtime_error (naming the image) for a
+    // random crop with a choice.
+    torch::Tensor fixed_pixels(int64_t i, bool flip) const;
+    // The token ids [77] of a caption as get() makes them.
+    torch::Tensor input_ids(const std::string& caption) const;
 
   private:
+    void choose_caption(const Record& rec, Rng& rng, Example* ex) const;
+
     CaptionDataset(DatasetConfig config, DatasetIndex index, tokenizer::CLIPTokenizer tokenizer)
         : config_(std::move(config)), index_(std::move(index)), tokenizer_(std::move(tokenizer)) {}
 

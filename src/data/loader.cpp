@@ -90,6 +90,14 @@ std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t batch) con
     return out;
 }
 
+Example DataLoader::draw_without_decoding(int64_t index, Rng& rng) const {
+    if (config_.bad_samples) {
+        const auto bad = config_.bad_samples->find(index);
+        if (bad != config_.bad_samples->end()) throw BadSampleError(bad->second);
+    }
+    return dataset_->draw(index, rng);
+}
+
 DataLoader::Result DataLoader::build(int64_t linear) const {
     Result result;
     try {
@@ -108,17 +116,20 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
             Rng rng(mix_seed(config_.seed, kTagSample, static_cast<uint64_t>(epoch),
                              static_cast<uint64_t>(first + static_cast<int64_t>(j))));
             try {
-                Example ex = dataset_->get(indices[j], rng);
-                pixels.push_back(ex.pixel_values);
+                Example ex = config_.decode_images ? dataset_->get(indices[j], rng)
+                                                   : draw_without_decoding(indices[j], rng);
+                if (config_.decode_images) pixels.push_back(ex.pixel_values);
                 ids.push_back(ex.input_ids);
                 batch.indices.push_back(indices[j]);
+                batch.flipped.push_back(ex.flipped);
+                batch.caption_index.push_back(ex.caption_index);
             } catch (const BadSampleError& e) {
                 if (!config_.skip_bad_samples) throw;
                 log_warn("skipping bad sample: %s", e.what());
                 if (result.skipped++ == 0) result.first_skip = e.what();
             }
         }
-        if (!pixels.empty()) {
+        if (!ids.empty()) {
             // Stacked straight into page-locked memory for a GPU run (torch's pin_memory=True,
             // without its extra copy): the trainer's copies to the device then run async.
             auto stack = [&](const std::vector<torch::Tensor>& parts) {
@@ -128,9 +139,9 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
                 auto out = torch::empty(shape, parts[0].options().pinned_memory(true));
                 return torch::stack_out(out, parts);
             };
-            batch.pixel_values = stack(pixels);  // [B, 3, R, R]
-            batch.input_ids    = stack(ids);     // [B, 77]
-            result.batch       = std::move(batch);
+            if (!pixels.empty()) batch.pixel_values = stack(pixels);  // [B, 3, R, R]
+            batch.input_ids = stack(ids);                             // [B, 77]
+            result.batch    = std::move(batch);
         } else if (config_.world_size > 1) {
             result.batch = std::move(batch);  // empty, but the ranks stay in step
         }

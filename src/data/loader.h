@@ -53,6 +53,11 @@ struct LoaderConfig {
     int world_size        = 1;
     bool skip_bad_samples = false;
     bool pin_memory       = false;  // batches in page-locked memory (a CUDA run): torch pin_memory
+    // false: no image is decoded (cached latents): batches carry the draws (flip, caption) and
+    // token ids only, from CaptionDataset::draw. `bad_samples` then names the images the cache
+    // could not read (index -> reason), which are skipped as unreadable images are.
+    bool decode_images = true;
+    std::shared_ptr<const std::map<int64_t, std::string>> bad_samples;
 };
 
 // The next batch next() will return: (epoch, batch index within the epoch on this rank).
@@ -62,9 +67,11 @@ struct LoaderPosition {
 };
 
 struct Batch {
-    torch::Tensor pixel_values;    // float32 [B, 3, R, R]
-    torch::Tensor input_ids;       // int64 [B, 77]
-    std::vector<int64_t> indices;  // [B] dataset indices; empty: this rank has no sample
+    torch::Tensor pixel_values;          // float32 [B, 3, R, R]; undefined without decode_images
+    torch::Tensor input_ids;             // int64 [B, 77]
+    std::vector<int64_t> indices;        // [B] dataset indices; empty: this rank has no sample
+    std::vector<uint8_t> flipped;        // [B] --random_flip mirrored sample b
+    std::vector<int64_t> caption_index;  // [B] which of the record's captions
     int64_t epoch = 0;
     // This rank's part of the optimizer step's samples over all ranks (before bad samples are
     // left out): positions [global_offset, global_offset + B) of global_size.
@@ -109,6 +116,7 @@ class DataLoader {
     };
 
     Result build(int64_t linear) const;  // builds batch number epoch * per_epoch + batch
+    Example draw_without_decoding(int64_t index, Rng& rng) const;
     std::shared_ptr<const std::vector<int64_t>> permutation(int64_t epoch) const;
     void worker_loop();
     void stop_workers();  // stops and joins every started worker

@@ -339,12 +339,32 @@ torch::Tensor to_normalized_tensor(const torch::Tensor& image) {
     return out;
 }
 
-torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng) {
+bool draw_flip(const TransformConfig& config, Rng& rng) {
+    return config.random_flip && rng_uniform01(rng) < 0.5;
+}
+
+torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng,
+                              bool* flipped) {
+    auto x          = resize_shorter_side(image, config.resolution, config.interpolation);
+    x               = config.center_crop ? center_crop(x, config.resolution)
+                                         : random_crop(x, config.resolution, rng);
+    const bool flip = draw_flip(config, rng);  // RandomHorizontalFlip(p=0.5)
+    if (flipped) *flipped = flip;
+    return to_normalized_tensor((flip ? hflip(x) : x).contiguous());
+}
+
+torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config,
+                              bool flip) {
     auto x = resize_shorter_side(image, config.resolution, config.interpolation);
-    x      = config.center_crop ? center_crop(x, config.resolution)
-                                : random_crop(x, config.resolution, rng);
-    if (config.random_flip) x = random_hflip(x, rng);
-    return to_normalized_tensor(x.contiguous());
+    if (!config.center_crop && (x.size(0) != config.resolution || x.size(1) != config.resolution))
+        throw std::runtime_error(
+            "is " + std::to_string(x.size(1)) + "x" + std::to_string(x.size(0)) +
+            " after resizing to --resolution " + std::to_string(config.resolution) +
+            ", so a random crop (the default without --center_crop) picks a different part "
+            "each epoch, which cached latents cannot hold; add --center_crop, or crop the images "
+            "to squares");
+    if (config.center_crop) x = center_crop(x, config.resolution);
+    return to_normalized_tensor((flip ? hflip(x) : x).contiguous());
 }
 
 }  // namespace t2i::data

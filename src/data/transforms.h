@@ -81,7 +81,17 @@ struct TransformConfig {
     InterpolationMode interpolation = InterpolationMode::kLanczos;
 };
 // uint8 [H, W, 3] -> float32 [3, resolution, resolution]. Draws from `rng` only for the random
-// crop (top, then left) and then the flip, in that order.
-torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng);
+// crop (top, then left) and then the flip, in that order. `flipped`: whether it flipped.
+torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng,
+                              bool* flipped = nullptr);
+
+// The flip draw of train_transform: RandomHorizontalFlip's uniform draw < 0.5 (no draw without
+// --random_flip).
+bool draw_flip(const TransformConfig& config, Rng& rng);
+
+// train_transform with a given flip and no random crop: for cached latents, which hold every
+// sample's pixels once per flip. A random crop (no --center_crop) is only allowed where it has
+// no choice (the resized image is resolution x resolution); otherwise throws naming the size.
+torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config, bool flip);
 
 }  // namespace t2i::data

@@ -90,6 +90,14 @@ static void dream_update(models::UNet2DConditionModel& unet,
 StepOutputs compute_step(StepModels& m, const torch::Tensor& pixel_values,
                          const torch::Tensor& input_ids, const StepDraws& draws,
                          const LossConfig& config) {
+    StepInputs in;
+    in.pixel_values = pixel_values;
+    in.input_ids    = input_ids;
+    return compute_step(m, in, draws, config);
+}
+
+StepOutputs compute_step(StepModels& m, const StepInputs& in, const StepDraws& draws,
+                         const LossConfig& config) {
     auto& unet                        = m.unet;
     auto& vae                         = m.vae;
     auto& text_encoder                = m.text_encoder;
@@ -105,15 +113,28 @@ StepOutputs compute_step(StepModels& m, const torch::Tensor& pixel_values,
     torch::Tensor encoder_hidden_states;
     {
         torch::NoGradGuard no_grad;
-        const auto vae_param = vae->parameters().front();
-        const auto dist = vae->encode(pixel_values.to(vae_param.device(), vae_param.scalar_type()));
-        const auto like = dist.mean.options();
-        out.latents     = dist.sample(draws.vae_eps.to(like, /*non_blocking=*/true)) *
-                      vae->config.scaling_factor;  // [B, Z, h, w]
+        if (in.latent_mean.defined()) {  // cached posterior: DiagonalGaussianDistribution::sample
+            const auto like = in.latent_mean.options();
+            out.latents     = (in.latent_mean + in.latent_std * draws.vae_eps.to(like, true)) *
+                          vae->config.scaling_factor;
+        } else {
+            const auto vae_param = vae->parameters().front();
+            const auto dist =
+                vae->encode(in.pixel_values.to(vae_param.device(), vae_param.scalar_type()));
+            const auto like = dist.mean.options();
+            out.latents     = dist.sample(draws.vae_eps.to(like, /*non_blocking=*/true)) *
+                          vae->config.scaling_factor;  // [B, Z, h, w]
+        }
+        mark(in.profile, StepProfile::kVae);
         // 4. Text conditioning: last_hidden_state (no clip skip). [B, S, D]
-        const auto te_device = text_encoder->parameters().front().device();
-        encoder_hidden_states =
-            text_encoder->forward(input_ids.to(te_device, /*non_blocking=*/true)).last_hidden_state;
+        if (in.encoder_hidden_states.defined()) {
+            encoder_hidden_states = in.encoder_hidden_states;
+        } else {
+            const auto te_device = text_encoder->parameters().front().device();
+            encoder_hidden_states =
+                text_encoder->forward(in.input_ids.to(te_device, true)).last_hidden_state;
+        }
+        mark(in.profile, StepProfile::kText);
     }
     const auto& latents = out.latents;
     const auto opts     = latents.options();
@@ -146,6 +167,7 @@ StepOutputs compute_step(StepModels& m, const torch::Tensor& pixel_values,
     out.model_pred = unet->forward(out.noisy_latents, timesteps, encoder_hidden_states);
     out.loss = diffusion_loss(out.model_pred, out.target, timesteps, scheduler, prediction_type,
                               config.snr_gamma, &out);
+    mark(in.profile, StepProfile::kUnetForward);
     return out;
 }
 

@@ -20,6 +20,7 @@
 #include "models/unet.h"
 #include "models/vae.h"
 #include "schedulers/ddpm.h"
+#include "training/step_profile.h"
 
 namespace t2i::training {
 
@@ -81,6 +82,20 @@ struct StepModels {
     models::CLIPTextModel text_encoder{nullptr};
     schedulers::DDPMScheduler noise_scheduler;
 };
+
+// What a micro-step computes from: pixels and token ids, or what training/feature_cache holds
+// for them: the VAE posterior's mean and std (latents = (mean + std * vae_eps) * scaling_factor,
+// as from the pixels) and the text encoder's last_hidden_state.
+struct StepInputs {
+    torch::Tensor pixel_values;             // [B, 3, H, W]; unused with latent_mean
+    torch::Tensor input_ids;                // [B, S]; unused with encoder_hidden_states
+    torch::Tensor latent_mean, latent_std;  // [B, Z, h, w], cached
+    torch::Tensor encoder_hidden_states;    // [B, S, D], cached
+    StepProfile* profile = nullptr;         // --profile: marks vae, text, unet_fwd
+};
+
+StepOutputs compute_step(StepModels& m, const StepInputs& inputs, const StepDraws& draws,
+                         const LossConfig& config);
 
 // One micro-step's forward and loss. The VAE and text encoder run under NoGradGuard (frozen),
 // pixel_values [B, 3, H, W] in [-1, 1] are cast to the VAE's dtype; input_ids [B, S] int64.

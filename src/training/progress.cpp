@@ -64,6 +64,10 @@ void ProgressReporter::update(const StepMetrics& m) {
                          {"optimizer_state_mb", m.optimizer_state_mb},
                          {"comm_wait_s", m.comm_wait_s}};
         if (m.peak_gpu_mb >= 0) j["peak_gpu_mb"] = m.peak_gpu_mb;
+        if (!m.profile.empty()) {
+            auto& p = j["profile"];
+            for (const auto& [stage, s] : m.profile) p[stage] = s;
+        }
         std::fprintf(metrics_, "%s\n", j.dump().c_str());
         std::fflush(metrics_);
     }

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "io/tensorboard.h"
 
@@ -22,6 +24,7 @@ struct StepMetrics {
     double optimizer_state_mb = 0;   // this process's AdamW state (a 1/W share under ZeRO-1)
     double comm_wait_s        = 0;   // waiting for the gradient all-reduce after backward
     double peak_gpu_mb        = -1;  // peak memory allocated on the GPU so far (-1: CPU run)
+    std::vector<std::pair<std::string, double>> profile;  // --profile: seconds per stage
 };
 
 class ProgressReporter {

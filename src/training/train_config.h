@@ -100,6 +100,12 @@ struct TrainConfig {
     double ddp_timeout       = 1800;
     double ddp_bucket_cap_mb = 25;
     int64_t zero_stage       = 0;
+    // t2i: cached VAE latents and text encoder outputs (kohya's flag names)
+    bool cache_latents                      = false;
+    bool cache_latents_to_disk              = false;
+    bool cache_text_encoder_outputs         = false;
+    bool cache_text_encoder_outputs_to_disk = false;
+    bool profile                            = false;  // t2i: per-stage step times
 
     // Rejects bad values and impossible combinations before any work starts; each message names
     // the flag, the accepted values and what was given.
@@ -237,6 +243,23 @@ void visit_flags(Config& c, Visitor&& v) {
       "bucket_cap_mb).");
     v(c.zero_stage, "zero_stage",
       "t2i: 1 = shard the AdamW / 8-bit AdamW state across processes (ZeRO stage 1); 0 = off.");
+    v(c.cache_latents, "cache_latents",
+      "t2i: encode every image (both flips with --random_flip) once with the frozen VAE before "
+      "training and keep the posterior's mean and std; each step still samples from it. Needs "
+      "--center_crop unless every image is square at --resolution.");
+    v(c.cache_latents_to_disk, "cache_latents_to_disk",
+      "t2i: --cache_latents, kept in --output_dir/cache/latents.safetensors for the next run "
+      "and a resume; rebuilt for images, VAE weights or transform flags that changed.");
+    v(c.cache_text_encoder_outputs, "cache_text_encoder_outputs",
+      "t2i: encode every caption (each alternative of a list) once with the frozen text "
+      "encoder before training.");
+    v(c.cache_text_encoder_outputs_to_disk, "cache_text_encoder_outputs_to_disk",
+      "t2i: --cache_text_encoder_outputs, kept in --output_dir/cache/"
+      "text_encoder_outputs.safetensors for the next run and a resume.");
+    v(c.profile, "profile",
+      "t2i: where each step's time goes, in metrics.jsonl as \"profile\": data, vae, text, "
+      "unet_fwd, bwd, sync, optim, ema, log (the step before) seconds. Waits for the GPU at "
+      "each stage, so GPU steps get slower.");
 }
 
 }  // namespace t2i::training

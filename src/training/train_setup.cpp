@@ -92,7 +92,7 @@ void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
 }
 
 data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
-                                 const DataParallel& dp) {
+                                 const DataParallel& dp, const FeatureCache& cache) {
     data::LoaderConfig lc;
     lc.batch_size       = c.train_batch_size;
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
@@ -101,6 +101,8 @@ data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Dev
     lc.pin_memory       = device.is_cuda();
     lc.rank             = dp.rank();
     lc.world_size       = dp.world_size();
+    lc.decode_images    = !cache.has_latents();
+    lc.bad_samples      = cache.bad_samples;
     return lc;
 }
 
@@ -108,6 +110,7 @@ std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParal
                                                  const data::CaptionDataset& dataset) {
     std::unique_ptr<io::OutputFolder> out;
     const std::string logs_entry = fs::path(c.logging_dir).lexically_normal().begin()->string();
+    const bool cache_to_disk     = c.cache_latents_to_disk || c.cache_text_encoder_outputs_to_disk;
     dist::main_process_first(
         dp.group(),
         [&] {
@@ -119,7 +122,8 @@ std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParal
             out = open_output_dir(c.output_dir, c.pretrained_model_name_or_path, data_folder,
                                   c.resume_from_checkpoint.has_value(),
                                   {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
-                                   "scheduler", "train_config.json", "validation", logs_entry});
+                                   "scheduler", "train_config.json", "validation", logs_entry,
+                                   cache_to_disk ? "cache" : logs_entry});
             for (const auto& name :
                  {std::string("train_config.json"), logs_entry, std::string("validation")})
                 out->claim(name);

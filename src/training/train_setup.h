@@ -24,6 +24,7 @@
 #include "tokenizer/clip_tokenizer.h"
 #include "training/data_parallel.h"
 #include "training/ema.h"
+#include "training/feature_cache.h"
 #include "training/loss.h"
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
@@ -56,8 +57,9 @@ torch::Device setup_threads_and_device(const TrainConfig& c, const dist::WorldIn
 void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp);
 
 // The loader of this rank: batches r, r + W, ... in pinned memory for a GPU run.
+// With cached latents no image is decoded (the cache names the unreadable ones).
 data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
-                                 const DataParallel& dp);
+                                 const DataParallel& dp, const FeatureCache& cache);
 
 // The output folder (rank 0 writes it, the others wait): locked for this run, never the inputs,
 // no file t2i did not write in its way, no earlier run's work overwritten. Null on other ranks.

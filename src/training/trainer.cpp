@@ -22,6 +22,7 @@
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
 #include "training/divergence.h"
+#include "training/feature_cache.h"
 #include "training/loss.h"
 #include "training/optimizer.h"
 #include "training/progress.h"
@@ -78,6 +79,8 @@ struct StepContext {
     Optimization& opt;
     DataParallel& dp;
     data::DataLoader& loader;
+    const FeatureCache& cache;  // --cache_latents / --cache_text_encoder_outputs
+    StepProfile& profile;       // --profile
     LossConfig loss;
     int64_t accumulation;  // GA
     torch::Device device;
@@ -91,12 +94,16 @@ struct StepContext {
 torch::Tensor micro_step(StepContext& s, const data::Batch& batch, const StepDraws& draws) {
     auto& m = s.models;
     // From pinned memory on a GPU (the loader pins its batches): no host stop.
-    auto pixels = batch.pixel_values.to(s.device, m.weight_dtype, /*non_blocking=*/true);
-    auto ids    = batch.input_ids.to(s.device, /*non_blocking=*/true);
+    StepInputs in;
+    if (!s.cache.has_latents())
+        in.pixel_values = batch.pixel_values.to(s.device, m.weight_dtype, /*non_blocking=*/true);
+    if (!s.cache.has_text()) in.input_ids = batch.input_ids.to(s.device, /*non_blocking=*/true);
+    s.cache.fill(batch, s.device, &in);
+    in.profile = &s.profile;
     StepOutputs out;
     {
         AutocastGuard autocast(s.device, m.weight_dtype);  // no-op for fp32
-        out = compute_step(m, pixels, ids, draws, s.loss);
+        out = compute_step(m, in, draws, s.loss);
     }
     // accelerate divides by GA; with several ranks each loss is also weighted by the rank's
     // share of the step's samples (the sum over ranks is the mean over all).
@@ -104,6 +111,7 @@ torch::Tensor micro_step(StepContext& s, const data::Batch& batch, const StepDra
     auto loss          = out.loss / static_cast<double>(s.accumulation);
     if (s.dp.active()) loss = loss * share;
     s.opt.scaler->scale(loss).backward();  // fp16 scales the loss (GradScaler); others pass
+    s.profile.mark(StepProfile::kBackward);
     return out.loss.detach().to(torch::kFloat64) * share;
 }
 
@@ -146,6 +154,7 @@ Accumulated accumulate_gradients(StepContext& s) {
             continue;
         }
         draws = s.dp.local_draws(draws, *batch);  // this rank's rows
+        s.profile.mark(StepProfile::kData);
         a.loss_sum.add_(micro_step(s, *batch, draws));
         a.samples += n;
         if (a.epoch_done) break;  // accelerate syncs at the end of the dataloader
@@ -202,6 +211,7 @@ StepResult optimizer_step(StepContext& s, const Accumulated& a, int64_t global_s
     // Several processes: the loss goes through a CPU all-reduce with the sample count.
     r.loss_sum = s.dp.active() ? a.loss_sum.item<double>() : 0.0;
     s.dp.sync_gradients(r.loss_sum, r.samples, r.stop_signal, global_step);
+    s.profile.mark(StepProfile::kSync);
     auto& scaler = *o.scaler;
     if (scaler.is_enabled()) scaler.unscale_(s.param_list);
     r.grad_norm = clip_and_read(s.param_list, s.c.max_grad_norm, a.loss_sum, s.dp.active(), scaler,
@@ -214,7 +224,9 @@ StepResult optimizer_step(StepContext& s, const Accumulated& a, int64_t global_s
     scaler.update();
     o.optimizer->zero_grad();
     s.dp.after_optimizer_step(s.param_list);  // ZeRO-1: owners broadcast their parameters
+    s.profile.mark(StepProfile::kOptimizer);
     if (o.ema && r.finite) o.ema->step(s.params);
+    s.profile.mark(StepProfile::kEma);
     return r;
 }
 
@@ -239,13 +251,16 @@ TrainResult train(const TrainConfig& c) {
     auto tokenizer = model_folder.tokenizer();
     auto dataset   = std::make_shared<const data::CaptionDataset>(
         data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
-    data::DataLoader loader(dataset, loader_config(c, seed, device, dp));
     dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
     std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
 
     // 2. Scheduler and models: the frozen VAE and text encoder in the weight dtype, the UNet in
-    //    fp32, the prediction type decided once.
+    //    fp32, the prediction type decided once. Then (t2i) the cached latents and text encoder
+    //    outputs, and the loader (which decodes no image when the latents are cached).
     auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
+    const FeatureCache cache =
+        build_feature_cache(c, dp, *dataset, models, models.weight_dtype, out.get(), device);
+    data::DataLoader loader(dataset, loader_config(c, seed, device, dp, cache));
 
     // 3. Step accounting as the script; 4. optimizer, LR schedule, EMA, grad scaler, generator.
     const StepPlan plan = plan_steps(c, loader.batches_per_epoch(), dp.world_size());
@@ -258,8 +273,10 @@ TrainResult train(const TrainConfig& c) {
     const int64_t global_start =
         c.resume_from_checkpoint ? resume_training(c, dp, state, dataset->size()) : 0;
     int64_t global_step = global_start;
-    StepContext step{c,      models, opt, dp, loader, loss_config(c), plan.accumulation,
-                     device, params, {}};
+    StepProfile profile(c.profile, device);
+    StepContext step{
+        c,      models, opt, dp, loader, cache, profile, loss_config(c), plan.accumulation,
+        device, params, {}};
     for (const auto& p : step.params) step.param_list.push_back(p.value());
     // Identical initial weights everywhere (DDP broadcasts rank 0's module state), then the
     // gradient hooks.
@@ -284,7 +301,8 @@ TrainResult train(const TrainConfig& c) {
     // 6. The loop: one iteration = one optimizer step of GA micro-batches.
     std::vector<double> losses;  // for the end-of-run summary
     while (global_step < plan.max_steps) {
-        const auto t0      = std::chrono::steady_clock::now();
+        const auto t0 = std::chrono::steady_clock::now();
+        profile.start();
         const auto micro   = accumulate_gradients(step);                // forward, loss, backward
         const auto updated = optimizer_step(step, micro, global_step);  // never with a NaN
         ++global_step;
@@ -296,7 +314,8 @@ TrainResult train(const TrainConfig& c) {
         report_step(progress.get(), tensorboard.get(),
                     {global_step, micro.epoch, loss, updated.lr, updated.grad_norm, dt,
                      updated.samples / dt, double(opt.optimizer->state_bytes()) / (1 << 20),
-                     dp.comm_wait_seconds(), peak_device_memory_mb(device)});
+                     dp.comm_wait_seconds(), peak_device_memory_mb(device), profile.report()});
+        profile.mark(StepProfile::kLog);  // reported with the next step
 
         // Once in a while: validation images (per epoch as the original, and per step).
         if (micro.epoch_done && micro.epoch % c.validation_epochs == 0)

@@ -90,4 +90,8 @@ double peak_device_memory_mb(const torch::Device& device) {
     return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1 << 20);
 }
 
+void synchronize_device(const torch::Device& device) {
+    if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
 }  // namespace t2i

@@ -33,4 +33,7 @@ torch::ScalarType parse_dtype(const std::string& name, const std::string& flag);
 // max_memory_allocated); -1 for the CPU.
 double peak_device_memory_mb(const torch::Device& device);
 
+// Waits until `device` has finished its queued work (nothing for the CPU).
+void synchronize_device(const torch::Device& device);
+
 }  // namespace t2i

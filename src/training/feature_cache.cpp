@@ -1,0 +1,363 @@
+// Implements: training/feature_cache.h.
+#include "training/feature_cache.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "io/file_util.h"
+#include "io/json_config.h"
+#include "io/safetensors.h"
+#include "util/autocast.h"
+#include "util/log.h"
+
+namespace t2i::training {
+
+namespace fs = std::filesystem;
+using json   = nlohmann::json;
+
+namespace {
+
+constexpr int kCacheVersion        = 1;
+constexpr const char* kMetadataKey = "t2i_cache";
+constexpr const char* kLatentFile  = "latents.safetensors";
+constexpr const char* kTextFile    = "text_encoder_outputs.safetensors";
+constexpr int64_t kTextEncodeBatch = 16;
+
+uint64_t mix(uint64_t h, uint64_t v) {
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    return h * 0xff51afd7ed558ccdull;
+}
+
+uint64_t hash_bytes(uint64_t h, const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    size_t i      = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        h = mix(h, w);
+    }
+    uint64_t tail = 0;
+    std::memcpy(&tail, p + i, n - i);
+    return mix(h, tail ^ (uint64_t(n - i) << 56));
+}
+
+// What an image file was when it was encoded: a changed file (size or modification time) is
+// encoded again.
+json image_stamp(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return json::array({path, -1, -1});
+    const int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    return json::array({path, int64_t(st.st_size), mtime_ns});
+}
+
+// A cache file's record of what it was made from, or null when there is no usable file.
+json read_record(const std::string& file, const std::string& what) {
+    if (!io::file_exists(file)) return nullptr;
+    try {
+        io::SafetensorsFile f(file);
+        const auto it = f.metadata().find(kMetadataKey);
+        if (it == f.metadata().end())
+            throw std::runtime_error("no '" + std::string(kMetadataKey) + "' metadata");
+        return json::parse(it->second);
+    } catch (const std::exception& e) {
+        log_warn("%s cache '%s' is unreadable (%s); building it again", what.c_str(), file.c_str(),
+                 e.what());
+        return nullptr;
+    }
+}
+
+// A progress line every ~10% (and at the end) while a cache is built.
+class CacheProgress {
+  public:
+    CacheProgress(std::string what, int64_t total) : what_(std::move(what)), total_(total) {}
+    void advance(int64_t n) {
+        done_ += n;
+        const int64_t decile = total_ > 0 ? done_ * 10 / total_ : 10;
+        if (decile == last_decile_ && done_ < total_) return;
+        last_decile_ = decile;
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+        const double eta = done_ > 0 ? s / done_ * (total_ - done_) : 0;
+        log_info("caching %s: %lld/%lld (%.0f%%), %.1f s, ~%.0f s left", what_.c_str(),
+                 (long long)done_, (long long)total_, 100.0 * done_ / std::max<int64_t>(1, total_),
+                 s, eta);
+    }
+
+  private:
+    std::string what_;
+    int64_t total_, done_ = 0, last_decile_ = -1;
+    std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+// Rank 0's tensor on every rank (any dtype: sent as bytes, with its dtype and shape first).
+torch::Tensor share_tensor(DataParallel& dp, const torch::Tensor& on_main,
+                           const std::string& what) {
+    auto header = torch::zeros({10}, torch::kInt64);
+    if (dp.is_main()) {
+        header[0] = on_main.dim();
+        header[1] = static_cast<int64_t>(on_main.scalar_type());
+        for (int64_t d = 0; d < on_main.dim(); ++d) header[2 + d] = on_main.size(d);
+    }
+    dp.group()->broadcast({header}, 0, what);
+    std::vector<int64_t> shape;
+    for (int64_t d = 0; d < header[0].item<int64_t>(); ++d)
+        shape.push_back(header[2 + d].item<int64_t>());
+    const auto dtype = static_cast<torch::ScalarType>(header[1].item<int64_t>());
+    auto t           = dp.is_main() ? on_main.contiguous() : torch::empty(shape, dtype);
+    auto bytes       = t.view({-1}).view(torch::kUInt8);
+    if (bytes.numel() > 0) dp.group()->broadcast({bytes}, 0, what);
+    return t;
+}
+
+// The distinct token sequences of every caption (each alternative of a list), in
+// first-appearance order, and the row of caption c of sample i in text_row[i][c].
+std::vector<torch::Tensor> distinct_token_ids(const data::CaptionDataset& ds,
+                                              std::vector<std::vector<int64_t>>* text_row) {
+    std::map<std::vector<int64_t>, int64_t> row_of;
+    std::vector<torch::Tensor> ids;
+    text_row->assign(static_cast<size_t>(ds.size()), {});
+    for (int64_t i = 0; i < ds.size(); ++i)
+        for (const auto& caption : ds.record(i).captions) {
+            auto t = ds.input_ids(caption);
+            std::vector<int64_t> key(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+            auto [it, added] = row_of.emplace(std::move(key), int64_t(ids.size()));
+            if (added) ids.push_back(t);
+            (*text_row)[size_t(i)].push_back(it->second);
+        }
+    return ids;
+}
+
+void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepModels& m,
+                   torch::ScalarType weight_dtype, io::OutputFolder* out, torch::Device device,
+                   FeatureCache* cache) {
+    const int64_t n = ds.size(), flips = c.random_flip ? 2 : 1;
+    json made_from = {{"version", kCacheVersion},
+                      {"vae", weights_fingerprint(*m.vae)},
+                      {"dtype", std::string(c10::toString(weight_dtype))},
+                      {"resolution", c.resolution},
+                      {"center_crop", c.center_crop},
+                      {"random_flip", c.random_flip},
+                      {"image_interpolation_mode", c.image_interpolation_mode}};
+    // Rows of an earlier file that can be reused: by image stamp.
+    std::map<std::string, int64_t> old_rows;
+    torch::Tensor old_mean, old_std;
+    const std::string file = out ? out->file(std::string("cache/") + kLatentFile) : "";
+    if (c.cache_latents_to_disk) {
+        json rec = read_record(file, "latent");
+        if (!rec.is_null()) {
+            json key = rec;
+            key.erase("images");
+            if (key == made_from && rec.contains("images") && rec["images"].is_array()) {
+                io::SafetensorsFile f(file);
+                old_mean           = f.get("mean");
+                old_std            = f.get("std");
+                const auto& images = rec["images"];
+                if (old_mean.size(0) == int64_t(images.size()) * flips)
+                    for (size_t j = 0; j < images.size(); ++j) old_rows[images[j].dump()] = j;
+            } else {
+                log_info(
+                    "latent cache '%s' was made from other VAE weights or transform flags; "
+                    "encoding every image again",
+                    file.c_str());
+            }
+        }
+    }
+    json stamps = json::array();
+    CacheProgress progress("latents", n);
+    torch::NoGradGuard no_grad;
+    const auto vae_param = m.vae->parameters().front();
+    for (int64_t i = 0; i < n; ++i) {
+        const json stamp = image_stamp(ds.record(i).image_path);
+        stamps.push_back(stamp);
+        torch::Tensor mean, std;
+        const auto old = old_rows.find(stamp.dump());
+        if (old != old_rows.end()) {
+            mean = old_mean.narrow(0, old->second * flips, flips);
+            std  = old_std.narrow(0, old->second * flips, flips);
+            ++cache->latents_reused;
+        } else {
+            std::vector<torch::Tensor> pixels;
+            try {
+                for (int64_t f = 0; f < flips; ++f) pixels.push_back(ds.fixed_pixels(i, f == 1));
+            } catch (const data::BadSampleError& e) {
+                if (!c.skip_bad_samples) throw;
+                log_warn("skipping bad sample: %s", e.what());
+                (*cache->bad_samples)[i] = e.what();
+                stamps.back()            = json::array({"", -1, -1});  // never reused
+            }
+            if (!pixels.empty()) {
+                AutocastGuard autocast(device, weight_dtype);  // as the step encodes
+                const auto dist = m.vae->encode(
+                    torch::stack(pixels).to(vae_param.device(), vae_param.scalar_type()));
+                mean = dist.mean.to(torch::kCPU);
+                std  = dist.std.to(torch::kCPU);
+                ++cache->latents_encoded;
+            }
+        }
+        if (mean.defined() && !cache->latent_mean.defined()) {
+            std::vector<int64_t> shape{n * flips};
+            for (int64_t d = 1; d < mean.dim(); ++d) shape.push_back(mean.size(d));
+            cache->latent_mean = torch::zeros(shape, mean.options());
+            cache->latent_std  = torch::zeros(shape, std.options());
+        }
+        if (mean.defined()) {
+            cache->latent_mean.narrow(0, i * flips, flips).copy_(mean);
+            cache->latent_std.narrow(0, i * flips, flips).copy_(std);
+        }
+        progress.advance(1);
+    }
+    if (!cache->latent_mean.defined())
+        throw std::runtime_error("--cache_latents: no image of the dataset could be read");
+    cache->flips = flips;
+    if (c.cache_latents_to_disk && cache->latents_encoded > 0) {
+        made_from["images"] = stamps;
+        io::save_safetensors(file, {{"mean", cache->latent_mean}, {"std", cache->latent_std}},
+                             {{"format", "pt"}, {kMetadataKey, made_from.dump()}});
+        log_info("latent cache written: %s", file.c_str());
+    }
+}
+
+void build_text(const TrainConfig& c, const data::CaptionDataset& ds, StepModels& m,
+                torch::ScalarType weight_dtype, io::OutputFolder* out, torch::Device device,
+                FeatureCache* cache) {
+    const auto all_ids     = torch::stack(distinct_token_ids(ds, &cache->text_row));  // [U, S]
+    const int64_t u        = all_ids.size(0);
+    const json made_from   = {{"version", kCacheVersion},
+                              {"text_encoder", weights_fingerprint(*m.text_encoder)},
+                              {"dtype", std::string(c10::toString(weight_dtype))}};
+    const std::string file = out ? out->file(std::string("cache/") + kTextFile) : "";
+    std::vector<int64_t> todo;
+    std::vector<torch::Tensor> rows(static_cast<size_t>(u));
+    if (c.cache_text_encoder_outputs_to_disk) {
+        const json rec = read_record(file, "text encoder output");
+        if (!rec.is_null() && rec == made_from) {
+            io::SafetensorsFile f(file);
+            const auto old_ids = f.get("input_ids"), old_states = f.get("hidden_states");
+            std::map<std::vector<int64_t>, int64_t> old_row;
+            auto key = [](const torch::Tensor& ids) {
+                const auto row = ids.contiguous();
+                return std::vector<int64_t>(row.data_ptr<int64_t>(),
+                                            row.data_ptr<int64_t>() + row.numel());
+            };
+            for (int64_t r = 0; r < old_ids.size(0); ++r) old_row[key(old_ids[r])] = r;
+            for (int64_t r = 0; r < u; ++r) {
+                const auto old = old_row.find(key(all_ids[r]));
+                if (old == old_row.end()) continue;
+                rows[size_t(r)] = old_states[old->second];
+                ++cache->texts_reused;
+            }
+        } else if (!rec.is_null()) {
+            log_info(
+                "text encoder output cache '%s' was made from other weights; encoding every "
+                "caption again",
+                file.c_str());
+        }
+    }
+    for (int64_t r = 0; r < u; ++r)
+        if (!rows[size_t(r)].defined()) todo.push_back(r);
+    CacheProgress progress("text encoder outputs", int64_t(todo.size()));
+    torch::NoGradGuard no_grad;
+    const auto te_device = m.text_encoder->parameters().front().device();
+    for (size_t b = 0; b < todo.size(); b += kTextEncodeBatch) {
+        const size_t e = std::min(todo.size(), b + size_t(kTextEncodeBatch));
+        const auto pick =
+            torch::tensor(std::vector<int64_t>(todo.begin() + b, todo.begin() + e), torch::kInt64);
+        AutocastGuard autocast(device, weight_dtype);  // as the step encodes
+        const auto states =
+            m.text_encoder->forward(all_ids.index_select(0, pick).to(te_device)).last_hidden_state;
+        const auto host = states.to(torch::kCPU);
+        for (size_t k = b; k < e; ++k) rows[size_t(todo[k])] = host[int64_t(k - b)];
+        cache->texts_encoded += int64_t(e - b);
+        progress.advance(int64_t(e - b));
+    }
+    cache->hidden_states = torch::stack(rows);  // [U, S, D]
+    if (c.cache_text_encoder_outputs_to_disk && cache->texts_encoded > 0) {
+        io::save_safetensors(file,
+                             {{"input_ids", all_ids}, {"hidden_states", cache->hidden_states}},
+                             {{"format", "pt"}, {kMetadataKey, made_from.dump()}});
+        log_info("text encoder output cache written: %s", file.c_str());
+    }
+}
+
+}  // namespace
+
+std::string weights_fingerprint(const torch::nn::Module& module) {
+    uint64_t h = 0x6a09e667f3bcc908ull;
+    for (const auto& p : module.named_parameters()) {
+        h            = hash_bytes(h, p.key().data(), p.key().size());
+        const auto t = p.value().detach().to(torch::kCPU).contiguous();
+        for (auto d : t.sizes()) h = mix(h, uint64_t(d));
+        h = mix(h, uint64_t(t.scalar_type()));
+        h = hash_bytes(h, t.data_ptr(), t.nbytes());
+    }
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016" PRIx64, h);
+    return buf;
+}
+
+void FeatureCache::fill(const data::Batch& batch, torch::Device device, StepInputs* in) const {
+    const int64_t b = batch.size();
+    if (has_latents()) {
+        std::vector<int64_t> rows(static_cast<size_t>(b));
+        for (int64_t k = 0; k < b; ++k)
+            rows[size_t(k)] = batch.indices[size_t(k)] * flips + (batch.flipped[size_t(k)] ? 1 : 0);
+        const auto pick = torch::tensor(rows, torch::kInt64);
+        in->latent_mean = latent_mean.index_select(0, pick).to(device);
+        in->latent_std  = latent_std.index_select(0, pick).to(device);
+    }
+    if (has_text()) {
+        std::vector<int64_t> rows(static_cast<size_t>(b));
+        for (int64_t k = 0; k < b; ++k)
+            rows[size_t(k)] = text_row.at(size_t(batch.indices[size_t(k)]))
+                                  .at(size_t(batch.caption_index[size_t(k)]));
+        in->encoder_hidden_states =
+            hidden_states.index_select(0, torch::tensor(rows, torch::kInt64)).to(device);
+    }
+}
+
+FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
+                                 const data::CaptionDataset& dataset, StepModels& models,
+                                 torch::ScalarType weight_dtype, io::OutputFolder* out,
+                                 torch::Device device) {
+    FeatureCache cache;
+    cache.bad_samples  = std::make_shared<std::map<int64_t, std::string>>();
+    const bool latents = c.cache_latents || c.cache_latents_to_disk;
+    const bool text    = c.cache_text_encoder_outputs || c.cache_text_encoder_outputs_to_disk;
+    if (!latents && !text) return cache;
+    if (dp.is_main()) {
+        if (out && (c.cache_latents_to_disk || c.cache_text_encoder_outputs_to_disk)) {
+            out->claim("cache");
+            fs::create_directories(out->file("cache"));
+        }
+        if (latents) build_latents(c, dataset, models, weight_dtype, out, device, &cache);
+        if (text) build_text(c, dataset, models, weight_dtype, out, device, &cache);
+    }
+    if (!dp.active()) return cache;
+    // Several processes: rank 0's caches on every rank.
+    if (latents) {
+        cache.latent_mean = share_tensor(dp, cache.latent_mean, "sharing the latent cache");
+        cache.latent_std  = share_tensor(dp, cache.latent_std, "sharing the latent cache");
+        cache.flips       = c.random_flip ? 2 : 1;
+        auto bad          = torch::zeros({dataset.size()}, torch::kUInt8);
+        for (const auto& kv : *cache.bad_samples) bad[kv.first] = 1;
+        bad = share_tensor(dp, bad, "sharing the latent cache");
+        for (int64_t i = 0; i < dataset.size(); ++i)
+            if (bad[i].item<uint8_t>() && !cache.bad_samples->count(i))
+                (*cache.bad_samples)[i] =
+                    "'" + dataset.record(i).image_path + "' is unreadable (see rank 0's log)";
+    }
+    if (text) {
+        // The same rows on every rank: the mapping is computed locally.
+        if (!dp.is_main()) distinct_token_ids(dataset, &cache.text_row);
+        cache.hidden_states =
+            share_tensor(dp, cache.hidden_states, "sharing the text encoder output cache");
+    }
+    return cache;
+}
+
+}  // namespace t2i::training
