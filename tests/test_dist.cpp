@@ -419,6 +419,10 @@ TEST(DataParallel, TwoRanksTrainLikeOneRankWithTheirCombinedBatch) {
           "--scale_lr"},
          3},
         {"two machines (two launchers, --nnodes 2)", {}, 3, true},
+        // Rank 0 encodes (and writes) the caches, rank 1 receives them.
+        {"cached latents (on disk) and text encoder outputs",
+         {"--cache_latents_to_disk", "--cache_text_encoder_outputs"},
+         3},
     };
     for (const auto& v : variants) {
         const std::string one = dir.file("one"), two = dir.file("two");
