@@ -4,11 +4,12 @@
 //
 //   ./build/bench_unet [--config DIR/unet/config.json] [--threads 2] [--batch 2] [--latent 32]
 //                      [--iters 10] [--warmup 2] [--attention reference|fused] [--mode
-//                      fwd|fwdbwd|both|flops] [--gradient_checkpointing 0|1]
+//                      fwd|fwdbwd|both|flops|peak] [--gradient_checkpointing 0|1]
 //                      [--mixed_precision no|bf16|fp16] [--device cpu|cuda[:N]]
 // Peak RSS only grows, so compare memory between separate runs (one --mode, one setting each).
 // --mode flops prints the model FLOPs of one forward (bench/flop_counter.h); a training step is
-// 3x that (forward + backward), the convention of model FLOP utilisation.
+// 3x that (forward + backward), the convention of model FLOP utilisation. --mode peak prints the
+// GFLOP/s of a 2048^3 matmul in the --mixed_precision dtype: the machine's peak for the MFU.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -91,6 +92,20 @@ int main(int argc, char** argv) {
         unet->forward(sample, t, ehs);
         std::printf("{\"measure\":\"forward_flops\",\"gflops\":%.3f,\"gflops_per_sample\":%.3f}\n",
                     bench::FlopCounter::flops() / 1e9, bench::FlopCounter::flops() / 1e9 / batch);
+        return 0;
+    }
+    if (mode == "peak") {  // the machine's matmul peak in the --mixed_precision dtype (for MFU)
+        const int64_t n = 2048;
+        const auto a    = torch::randn({n, n}, opts).to(autocast_dtype);
+        const auto b    = torch::randn({n, n}, opts).to(autocast_dtype);
+        const double ms = bench::median_ms(
+            [&] {
+                torch::mm(a, b);
+                sync();
+            },
+            2, 5);
+        std::printf("{\"measure\":\"matmul_peak\",\"n\":%lld,\"gflops\":%.1f}\n", (long long)n,
+                    2.0 * n * n * n / (ms * 1e-3) / 1e9);
         return 0;
     }
     if (mode == "fwd" || mode == "both") {

@@ -266,5 +266,34 @@ TEST(FeatureCache, ARandomCropWithAChoiceIsRefusedNamingTheImage) {
     EXPECT_TRUE(t.build().has_latents());
 }
 
+TEST(FeatureCache, EncodersAreReleasedOnlyWhenNothingElseNeedsThem) {
+    TempDir dir;
+    auto c     = cache_config(dir, testing::make_image_dataset(dir, 2));
+    auto count = [](torch::nn::Module& m) {
+        int64_t n = 0;
+        for (const auto& p : m.parameters()) n += p.numel();
+        return n;
+    };
+    {
+        c.validation_prompts = {"a cat"};  // validation encodes prompts and decodes latents
+        CacheSetup s(c);
+        const auto cache  = s.build();
+        const int64_t vae = count(*s.models.vae), text = count(*s.models.text_encoder);
+        EXPECT_EQ(training::release_cached_encoders(s.c, cache, s.models), 0);
+        EXPECT_EQ(count(*s.models.vae), vae);
+        EXPECT_EQ(count(*s.models.text_encoder), text);
+    }
+    c.validation_prompts.clear();
+    c.cache_text_encoder_outputs = false;  // only the VAE is cached: the text encoder stays
+    CacheSetup s(c);
+    const auto cache    = s.build();
+    const int64_t text  = count(*s.models.text_encoder);
+    const double vae_mb = double(count(*s.models.vae)) * 4 / (1 << 20);
+    EXPECT_NEAR(training::release_cached_encoders(s.c, cache, s.models), vae_mb, 0.01);
+    EXPECT_EQ(count(*s.models.vae), 0);
+    EXPECT_EQ(count(*s.models.text_encoder), text);
+    EXPECT_GT(s.models.vae->config.scaling_factor, 0);  // the config stays for the step
+}
+
 }  // namespace
 }  // namespace t2i

@@ -300,6 +300,25 @@ std::string weights_fingerprint(const torch::nn::Module& module) {
     return buf;
 }
 
+double release_cached_encoders(const TrainConfig& c, const FeatureCache& cache, StepModels& m) {
+    if (!c.validation_prompts.empty()) return 0;  // validation decodes and encodes prompts
+    double bytes = 0;
+    auto release = [&](torch::nn::Module& module) {
+        torch::NoGradGuard no_grad;
+        for (auto& t : module.parameters()) {
+            bytes += double(t.nbytes());
+            t.set_data(torch::empty({0}, t.options()));
+        }
+        for (auto& t : module.buffers()) {
+            bytes += double(t.nbytes());
+            t.set_data(torch::empty({0}, t.options()));
+        }
+    };
+    if (cache.has_latents()) release(*m.vae);
+    if (cache.has_text()) release(*m.text_encoder);
+    return bytes / (1 << 20);
+}
+
 void FeatureCache::fill(const data::Batch& batch, torch::Device device, StepInputs* in) const {
     const int64_t b = batch.size();
     if (has_latents()) {

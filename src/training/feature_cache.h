@@ -61,6 +61,11 @@ FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
                                  torch::ScalarType weight_dtype, io::OutputFolder* out,
                                  torch::Device device);
 
+// After the cache is built: the weights of an encoder the run no longer uses are released (the
+// VAE with cached latents, the text encoder with cached outputs, unless --validation_prompts
+// needs them); the modules keep their configs. Returns the MB released.
+double release_cached_encoders(const TrainConfig& c, const FeatureCache& cache, StepModels& m);
+
 // A 64-bit hash of a module's parameter names, shapes, dtypes and bytes: what a cache was made
 // with, so that other weights rebuild it.
 std::string weights_fingerprint(const torch::nn::Module& module);

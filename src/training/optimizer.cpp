@@ -159,14 +159,15 @@ std::unique_ptr<AdamW> make_adamw(const NamedParameters& params, const AdamWOpti
     if (use_8bit) return std::make_unique<AdamW8bit>(params, options);
     AdamWOptions o = options;
     c10::optional<torch::Device> device;
-    bool cuda = true;
+    bool one_device_fp32 = true;
     for (const auto& item : params) {
         const auto& p = item.value();
         if (!p.requires_grad()) continue;
         if (!device) device = p.device();
-        cuda = cuda && p.is_cuda() && p.device() == *device && p.scalar_type() == torch::kFloat32;
+        one_device_fp32 =
+            one_device_fp32 && p.device() == *device && p.scalar_type() == torch::kFloat32;
     }
-    o.fused = o.fused || (cuda && device.has_value());
+    o.fused = o.fused || (one_device_fp32 && device.has_value());
     return std::make_unique<AdamW>(params, o);
 }
 

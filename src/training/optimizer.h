@@ -83,8 +83,10 @@ void check_state_tensor(const TensorMap& state, const std::string& key, const to
 }  // namespace detail
 
 // torch.optim.AdamW, or t2i's block-wise 8-bit AdamW for `--use_8bit_adam`.
-// The fused kernel is used (unless use_8bit) when every trainable parameter is a float32 CUDA
-// tensor on one device.
+// The fused kernel (one pass over parameters, gradients and moments instead of about ten) is used
+// (unless use_8bit) when every trainable parameter is a float32 tensor on one device, CPU or
+// CUDA: the same update as the reference path up to float rounding (tests/test_optimizer.cpp),
+// 99 -> 51 ms of a 35 M-parameter step on 2 CPU cores (README, Benchmarks).
 std::unique_ptr<AdamW> make_adamw(const NamedParameters& params, const AdamWOptions& options,
                                   bool use_8bit);
 

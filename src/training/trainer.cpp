@@ -260,6 +260,7 @@ TrainResult train(const TrainConfig& c) {
     auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
     const FeatureCache cache =
         build_feature_cache(c, dp, *dataset, models, models.weight_dtype, out.get(), device);
+    release_cached_encoders(c, cache, models);
     data::DataLoader loader(dataset, loader_config(c, seed, device, dp, cache));
 
     // 3. Step accounting as the script; 4. optimizer, LR schedule, EMA, grad scaler, generator.
