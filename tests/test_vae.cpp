@@ -14,31 +14,36 @@ using testing::forward_close;
 class VaeGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(VaeGolden, EncodeAndDecodeMatchDiffusers) {
-    const std::string cfg = GetParam();
-    auto vae              = pipeline::load_vae(fixture(cfg + "/vae"), {});
-    io::SafetensorsFile golden(fixture("golden/" + cfg + "/vae.safetensors"));
-    torch::NoGradGuard no_grad;
-    const auto x = golden.get("pixel_values");
+    for (const bool channels_last : {false, true}) {  // the training VAE runs channels-last
+        SCOPED_TRACE(channels_last ? "channels-last weights" : "contiguous weights");
+        const std::string cfg = GetParam();
+        auto vae              = pipeline::load_vae(fixture(cfg + "/vae"), {});
+        if (channels_last) models::to_channels_last(*vae);
+        io::SafetensorsFile golden(fixture("golden/" + cfg + "/vae.safetensors"));
+        torch::NoGradGuard no_grad;
+        const auto x = golden.get("pixel_values");
 
-    auto h = vae->encoder(x);
-    EXPECT_TRUE(forward_close(h, golden.get("encoder_output")));
-    EXPECT_TRUE(forward_close(vae->quant_conv(h), golden.get("moments")));
-    auto dist = vae->encode(x);
-    EXPECT_TRUE(forward_close(dist.mean, golden.get("latent_dist.mean")));
-    EXPECT_TRUE(forward_close(dist.logvar, golden.get("latent_dist.logvar")));
-    EXPECT_TRUE(forward_close(dist.std, golden.get("latent_dist.std")));
-    EXPECT_TRUE(forward_close(dist.var, golden.get("latent_dist.var")));
-    EXPECT_TRUE(
-        forward_close(dist.sample(golden.get("sample_eps")), golden.get("latent_dist.sample")));
+        auto h = vae->encoder(x);
+        EXPECT_TRUE(forward_close(h, golden.get("encoder_output")));
+        EXPECT_TRUE(forward_close(vae->quant_conv(h), golden.get("moments")));
+        auto dist = vae->encode(x);
+        EXPECT_TRUE(forward_close(dist.mean, golden.get("latent_dist.mean")));
+        EXPECT_TRUE(forward_close(dist.logvar, golden.get("latent_dist.logvar")));
+        EXPECT_TRUE(forward_close(dist.std, golden.get("latent_dist.std")));
+        EXPECT_TRUE(forward_close(dist.var, golden.get("latent_dist.var")));
+        EXPECT_TRUE(
+            forward_close(dist.sample(golden.get("sample_eps")), golden.get("latent_dist.sample")));
 
-    const auto z = golden.get("decode_input");
-    EXPECT_TRUE(forward_close(vae->post_quant_conv(z), golden.get("post_quant_conv")));
-    EXPECT_TRUE(forward_close(vae->decode(z), golden.get("decode_output")));
-    // The round trip chains encoder and decoder, so float rounding of the encoder is amplified
-    // by the decoder (measured up to 1.9e-5 at |ref| ~ 0.6): a 10x looser bound than one module.
-    EXPECT_TRUE(testing::allclose(vae->decode(dist.mode()), golden.get("roundtrip_decode_of_mean"),
-                                  1e-4, 1e-4));
-    EXPECT_DOUBLE_EQ(vae->config.scaling_factor, 0.18215);
+        const auto z = golden.get("decode_input");
+        EXPECT_TRUE(forward_close(vae->post_quant_conv(z), golden.get("post_quant_conv")));
+        EXPECT_TRUE(forward_close(vae->decode(z), golden.get("decode_output")));
+        // The round trip chains encoder and decoder, so float rounding of the encoder is amplified
+        // by the decoder (measured up to 1.9e-5 at |ref| ~ 0.6): a 10x looser bound than one
+        // module.
+        EXPECT_TRUE(testing::allclose(vae->decode(dist.mode()),
+                                      golden.get("roundtrip_decode_of_mean"), 1e-4, 1e-4));
+        EXPECT_DOUBLE_EQ(vae->config.scaling_factor, 0.18215);
+    }
 }
 
 TEST_P(VaeGolden, ParameterCountMatchesManifest) {

@@ -63,7 +63,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     int64_t C = 0, H = 0, W = 0;
     if (is_4d) {
         C = x.size(1), H = x.size(2), W = x.size(3);
-        x = x.view({x.size(0), C, H * W}).transpose(1, 2);  // [N, S, C]
+        x = x.reshape({x.size(0), C, H * W}).transpose(1, 2);  // [N, S, C] (any memory format)
     }
     if (group_norm) x = group_norm(x.transpose(1, 2)).transpose(1, 2);
     const auto& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;

@@ -126,4 +126,10 @@ int64_t count_parameters(const torch::nn::Module& module) {
     return n;
 }
 
+void to_channels_last(torch::nn::Module& module) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : module.parameters())
+        if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+}
+
 }  // namespace t2i::models

@@ -35,4 +35,9 @@ void save_weights(const torch::nn::Module& module, const std::string& path,
 // Number of parameter elements (what diffusers' `num_parameters()` counts).
 int64_t count_parameters(const torch::nn::Module& module);
 
+// Convolution weights (the 4-D parameters) in channels-last memory: oneDNN's faster CPU kernels
+// for convolutions at image resolution. The values are unchanged; a convolution's output follows
+// the weight's memory format.
+void to_channels_last(torch::nn::Module& module);
+
 }  // namespace t2i::models

@@ -194,8 +194,8 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
                 AutocastGuard autocast(device, weight_dtype);  // as the step encodes
                 const auto dist = m.vae->encode(
                     torch::stack(pixels).to(vae_param.device(), vae_param.scalar_type()));
-                mean = dist.mean.to(torch::kCPU);
-                std  = dist.std.to(torch::kCPU);
+                mean = dist.mean.to(torch::kCPU).contiguous();
+                std  = dist.std.to(torch::kCPU).contiguous();
                 ++cache->latents_encoded;
             }
         }

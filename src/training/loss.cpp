@@ -136,6 +136,7 @@ StepOutputs compute_step(StepModels& m, const StepInputs& in, const StepDraws& d
         }
         mark(in.profile, StepProfile::kText);
     }
+    out.latents         = out.latents.contiguous();  // the VAE may run channels-last
     const auto& latents = out.latents;
     const auto opts     = latents.options();
     // 2. Noise (+ offset noise, drawn in fp32 as the script's torch.randn; the in-place add keeps
