@@ -117,6 +117,50 @@ TEST(Transforms, NormalizeCropAndFlip) {
     EXPECT_EQ(data::hflip(big)[3][0][1].item<int>(), big[3][29][1].item<int>());
 }
 
+// The one-pass transform (resample only what the crop keeps, flip and normalize while writing)
+// equals torchvision's composition built from the reference pieces, bit for bit, with the same
+// draws, for every interpolation, both crops, with and without flip, and for shapes that need no
+// horizontal, no vertical or no resampling at all.
+TEST(Transforms, OnePassTransformEqualsTheComposition) {
+    const InterpolationMode modes[] = {
+        InterpolationMode::kNearest, InterpolationMode::kNearestExact, InterpolationMode::kBilinear,
+        InterpolationMode::kBicubic, InterpolationMode::kBox,          InterpolationMode::kHamming,
+        InterpolationMode::kLanczos};
+    const std::pair<int, int> shapes[] = {{37, 53}, {53, 37}, {16, 41},
+                                          {24, 24}, {16, 16}, {90, 31}};
+    int flips = 0, cases = 0;
+    for (const auto mode : modes)
+        for (const auto& [h, w] : shapes)
+            for (int variant = 0; variant < 4; ++variant) {
+                const auto img = random_image(h, w, h * 131 + w + variant);
+                data::TransformConfig cfg;
+                cfg.resolution      = 16;
+                cfg.interpolation   = mode;
+                cfg.center_crop     = variant % 2 == 0;
+                cfg.random_flip     = variant >= 2;
+                const uint64_t seed = uint64_t(h * 7 + w + variant);
+                data::Rng rng_ref(seed), rng(seed);
+                auto x = data::resize_shorter_side(img, cfg.resolution, mode);
+                x      = cfg.center_crop ? data::center_crop(x, cfg.resolution)
+                                         : data::random_crop(x, cfg.resolution, rng_ref);
+                if (cfg.random_flip) x = data::random_hflip(x, rng_ref);
+                const auto expected = data::to_normalized_tensor(x.contiguous());
+                bool flipped        = false;
+                const auto actual   = data::train_transform(img, cfg, rng, &flipped);
+                EXPECT_TRUE(torch::equal(actual, expected))
+                    << h << "x" << w << " variant " << variant;
+                EXPECT_EQ(rng(), rng_ref()) << "the same number of draws";
+                flips += flipped;
+                ++cases;
+                // resize_crop is the same window of the whole resize.
+                const auto whole = data::resize(img, 20, 23, mode);
+                EXPECT_TRUE(torch::equal(data::resize_crop(img, 20, 23, 3, 5, 11, 17, mode),
+                                         whole.slice(0, 3, 14).slice(1, 5, 22)));
+            }
+    EXPECT_GT(flips, 0);
+    EXPECT_LT(flips, cases);
+}
+
 // ---- (c) dataset layouts ------------------------------------------------------------------
 
 using testing::tiny_tokenizer;

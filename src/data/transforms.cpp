@@ -122,13 +122,20 @@ inline uint8_t clip8(int32_t v) {
     return static_cast<uint8_t>(s < 0 ? 0 : s > 255 ? 255 : s);
 }
 
-// ImagingResampleHorizontal_8bpc on rows [row0, row0 + rows) of `in` ([H, in_w, 3]).
-void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_t* out, int out_w,
-                         const Coeffs& c) {
+// The part of a resized image that is computed: rows [top, top + height) and columns
+// [left, left + width) of the output (a crop computes only what it keeps).
+struct Window {
+    int top, left, height, width;
+};
+
+// ImagingResampleHorizontal_8bpc on rows [row0, row0 + rows) of `in` ([H, in_w, 3]), output
+// columns [x0, x0 + out_w) only.
+void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_t* out, int x0,
+                         int out_w, const Coeffs& c) {
     for (int yy = 0; yy < rows; ++yy) {
         const uint8_t* src = in + size_t(yy + row0) * in_w * 3;
-        uint8_t* dst       = out + size_t(yy) * out_w * 3;
-        for (int xx = 0; xx < out_w; ++xx) {
+        uint8_t* dst       = out + size_t(yy) * out_w * 3 - size_t(x0) * 3;
+        for (int xx = x0; xx < x0 + out_w; ++xx) {
             const int xmin   = c.bounds[2 * xx];
             const int xmax   = c.bounds[2 * xx + 1];
             const int32_t* k = &c.kk[size_t(xx) * c.ksize];
@@ -146,14 +153,16 @@ void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_
     }
 }
 
-// ImagingResampleVertical_8bpc: `in` is [*, w, 3], `out` is [out_h, w, 3].
-void resample_vertical(const uint8_t* in, int w, uint8_t* out, int out_h, const Coeffs& c) {
+// ImagingResampleVertical_8bpc for output rows [y0, y0 + out_h): `in` is [*, w, 3] and starts at
+// input row `row0`, `out` is [out_h, w, 3].
+void resample_vertical(const uint8_t* in, int w, int row0, uint8_t* out, int y0, int out_h,
+                       const Coeffs& c) {
     const size_t stride = size_t(w) * 3;
-    for (int yy = 0; yy < out_h; ++yy) {
-        const int ymin   = c.bounds[2 * yy];
+    for (int yy = y0; yy < y0 + out_h; ++yy) {
+        const int ymin   = c.bounds[2 * yy] - row0;
         const int ymax   = c.bounds[2 * yy + 1];
         const int32_t* k = &c.kk[size_t(yy) * c.ksize];
-        uint8_t* dst     = out + yy * stride;
+        uint8_t* dst     = out + (yy - y0) * stride;
         for (size_t i = 0; i < stride; ++i) {
             int32_t ss = 1 << (kPrecisionBits - 1);
             for (int y = 0; y < ymax; ++y) ss += in[(y + ymin) * stride + i] * k[y];
@@ -162,38 +171,43 @@ void resample_vertical(const uint8_t* in, int w, uint8_t* out, int out_h, const 
     }
 }
 
-// ImagingResampleInner: vertical coefficients first (they bound the rows the horizontal pass
-// needs), then the horizontal pass into a temporary, then the vertical pass. A pass whose size
-// does not change is skipped.
-torch::Tensor resample(const torch::Tensor& image, int out_h, int out_w, const Filter& filter) {
+// ImagingResampleInner, for the window `win` of the [out_h, out_w] result: vertical coefficients
+// first (they bound the input rows the horizontal pass needs), then the horizontal pass into a
+// temporary, then the vertical pass. A pass whose size does not change is skipped. Every output
+// pixel depends only on its own coefficients, so a window equals the same part of the whole.
+torch::Tensor resample(const torch::Tensor& image, int out_h, int out_w, const Filter& filter,
+                       const Window& win) {
     const int in_h = static_cast<int>(image.size(0)), in_w = static_cast<int>(image.size(1));
     const bool need_horizontal = out_w != in_w;
     const bool need_vertical   = out_h != in_h;
-    Coeffs vert          = precompute_coeffs(in_h, 0.f, static_cast<float>(in_h), out_h, filter);
-    const int ybox_first = vert.bounds[0];
-    const int ybox_last  = vert.bounds[2 * out_h - 2] + vert.bounds[2 * out_h - 1];
+    const Coeffs vert = precompute_coeffs(in_h, 0.f, static_cast<float>(in_h), out_h, filter);
+    const int last    = win.top + win.height - 1;
+    // The input rows the window's output rows read (bounds grow with the output row).
+    const int row_first = need_vertical ? vert.bounds[2 * win.top] : win.top;
+    const int row_end =
+        need_vertical ? vert.bounds[2 * last] + vert.bounds[2 * last + 1] : last + 1;
 
-    torch::Tensor current = image;
+    torch::Tensor current;  // input rows [row_first, row_end) x the window's columns
     if (need_horizontal) {
-        Coeffs horiz = precompute_coeffs(in_w, 0.f, static_cast<float>(in_w), out_w, filter);
-        for (int i = 0; i < out_h; ++i) vert.bounds[2 * i] -= ybox_first;
-        auto temp = torch::empty({ybox_last - ybox_first, out_w, 3}, torch::kUInt8);
-        resample_horizontal(image.data_ptr<uint8_t>(), in_w, ybox_first, ybox_last - ybox_first,
-                            temp.data_ptr<uint8_t>(), out_w, horiz);
-        current = temp;
+        const Coeffs horiz = precompute_coeffs(in_w, 0.f, static_cast<float>(in_w), out_w, filter);
+        current            = torch::empty({row_end - row_first, win.width, 3}, torch::kUInt8);
+        resample_horizontal(image.data_ptr<uint8_t>(), in_w, row_first, row_end - row_first,
+                            current.data_ptr<uint8_t>(), win.left, win.width, horiz);
+    } else {
+        current = image.slice(0, row_first, row_end)
+                      .slice(1, win.left, win.left + win.width)
+                      .contiguous();
     }
-    if (need_vertical) {
-        const int w = static_cast<int>(current.size(1));
-        auto out    = torch::empty({out_h, w, 3}, torch::kUInt8);
-        resample_vertical(current.data_ptr<uint8_t>(), w, out.data_ptr<uint8_t>(), out_h, vert);
-        return out;
-    }
-    return current;  // horizontal only (resize() returned early when nothing changes)
+    if (!need_vertical) return current;  // already the window's rows
+    auto out = torch::empty({win.height, win.width, 3}, torch::kUInt8);
+    resample_vertical(current.data_ptr<uint8_t>(), win.width, row_first, out.data_ptr<uint8_t>(),
+                      win.top, win.height, vert);
+    return out;
 }
 
 // Geometry.c ImagingScaleAffine with a = (in_w / out_w, 0, 0, 0, in_h / out_h, 0): source
 // coordinates accumulate in double from half a step, truncated (COORD); outside -> 0 (fill).
-torch::Tensor resize_nearest(const torch::Tensor& image, int out_h, int out_w) {
+torch::Tensor resize_nearest(const torch::Tensor& image, int out_h, int out_w, const Window& win) {
     const int in_h = static_cast<int>(image.size(0)), in_w = static_cast<int>(image.size(1));
     const double a0 = static_cast<double>(static_cast<float>(in_w)) / out_w;
     const double a4 = static_cast<double>(static_cast<float>(in_h)) / out_h;
@@ -204,16 +218,16 @@ torch::Tensor resize_nearest(const torch::Tensor& image, int out_h, int out_w) {
         const int xin = coord(xo);
         if (xin >= 0 && xin < in_w) xintab[x] = xin;
     }
-    auto out           = torch::zeros({out_h, out_w, 3}, torch::kUInt8);
+    auto out           = torch::zeros({win.height, win.width, 3}, torch::kUInt8);
     const uint8_t* src = image.data_ptr<uint8_t>();
     uint8_t* dst       = out.data_ptr<uint8_t>();
-    double yo          = a4 * 0.5;
-    for (int y = 0; y < out_h; ++y, yo += a4) {
+    double yo          = a4 * 0.5;  // accumulated from row 0, as PIL, for the same rounding
+    for (int y = 0; y < win.top + win.height; ++y, yo += a4) {
         const int yi = coord(yo);
-        if (yi < 0 || yi >= in_h) continue;
-        for (int x = 0; x < out_w; ++x)
+        if (y < win.top || yi < 0 || yi >= in_h) continue;
+        for (int x = win.left; x < win.left + win.width; ++x)
             if (xintab[x] >= 0)
-                std::memcpy(dst + (size_t(y) * out_w + x) * 3,
+                std::memcpy(dst + (size_t(y - win.top) * win.width + (x - win.left)) * 3,
                             src + (size_t(yi) * in_w + xintab[x]) * 3, 3);
     }
     return out;
@@ -273,17 +287,31 @@ std::pair<int64_t, int64_t> resized_output_size(int64_t h, int64_t w, int64_t si
 
 torch::Tensor resize(const torch::Tensor& image, int64_t out_h, int64_t out_w,
                      InterpolationMode mode) {
-    check_image(image, "resize");
-    TORCH_CHECK(out_h > 0 && out_w > 0, "resize: bad output size ", out_h, "x", out_w);
-    if (out_h == image.size(0) && out_w == image.size(1)) return image.clone();  // PIL copies
-    if (mode == InterpolationMode::kNearest || mode == InterpolationMode::kNearestExact)
-        return resize_nearest(image, static_cast<int>(out_h), static_cast<int>(out_w));
-    return resample(image, static_cast<int>(out_h), static_cast<int>(out_w), filter_for(mode));
+    return resize_crop(image, out_h, out_w, 0, 0, out_h, out_w, mode);
 }
 
-torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
-                                  InterpolationMode mode) {
-    check_image(image, "resize_shorter_side");
+torch::Tensor resize_crop(const torch::Tensor& image, int64_t out_h, int64_t out_w, int64_t top,
+                          int64_t left, int64_t height, int64_t width, InterpolationMode mode) {
+    check_image(image, "resize");
+    TORCH_CHECK(out_h > 0 && out_w > 0, "resize: bad output size ", out_h, "x", out_w);
+    TORCH_CHECK(top >= 0 && left >= 0 && height > 0 && width > 0 && top + height <= out_h &&
+                    left + width <= out_w,
+                "resize_crop: window ", height, "x", width, " at (", top, ", ", left, ") outside ",
+                out_h, "x", out_w);
+    if (out_h == image.size(0) && out_w == image.size(1))  // PIL copies
+        return image.slice(0, top, top + height)
+            .slice(1, left, left + width)
+            .clone(at::MemoryFormat::Contiguous);
+    const Window win{int(top), int(left), int(height), int(width)};
+    if (mode == InterpolationMode::kNearest || mode == InterpolationMode::kNearestExact)
+        return resize_nearest(image, static_cast<int>(out_h), static_cast<int>(out_w), win);
+    return resample(image, static_cast<int>(out_h), static_cast<int>(out_w), filter_for(mode), win);
+}
+
+namespace {
+
+// Resize(size)'s output size, refused (naming the sizes) beyond the pixel budget.
+std::pair<int64_t, int64_t> checked_resized_size(const torch::Tensor& image, int64_t size) {
     const auto [h, w] = resized_output_size(image.size(0), image.size(1), size);
     // An extreme aspect ratio would make the resized image enormous (a 1,000,000 x 1 image at
     // 512 is 512,000,000 x 512); refuse it before allocating, as PIL refuses decompression bombs.
@@ -294,6 +322,52 @@ torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
             std::to_string(size) + " would make it " + std::to_string(w) + " x " +
             std::to_string(h) + ", more than the " + std::to_string(io::kMaxImagePixels) +
             "-pixel budget; crop it or leave it out");
+    return {h, w};
+}
+
+// CenterCrop's offset: int(round(d / 2.0)) with Python's round (half to even).
+int64_t center_offset(int64_t d) {
+    const int64_t k = d / 2;
+    return (d % 2 == 1 && k % 2 == 1) ? k + 1 : k;
+}
+
+// ToTensor() + Normalize([0.5], [0.5]) of a uint8 [H, W, 3] image with any row stride, mirrored
+// left-right when `flip`: one pass into the float32 [3, H, W] result.
+torch::Tensor normalize_into_chw(const torch::Tensor& image, bool flip) {
+    const int64_t h = image.size(0), w = image.size(1), hw = h * w;
+    TORCH_CHECK(image.stride(1) == 3 && image.stride(2) == 1, "normalize: rows must be packed");
+    auto out           = torch::empty({3, h, w}, torch::kFloat32);
+    const uint8_t* src = image.data_ptr<uint8_t>();
+    float* dst         = out.data_ptr<float>();
+    // (u8 / 255 - 0.5) / 0.5 for the 256 byte values, computed as torch does in float32.
+    float table[256];
+    for (int v = 0; v < 256; ++v) table[v] = (static_cast<float>(v) / 255.0f - 0.5f) / 0.5f;
+    for (int64_t y = 0; y < h; ++y) {
+        const uint8_t* row = src + y * image.stride(0);
+        float* r           = dst + y * w;
+        float* g           = r + hw;
+        float* b           = g + hw;
+        if (flip) {
+            for (int64_t x = 0; x < w; ++x) {
+                const uint8_t* p = row + 3 * (w - 1 - x);
+                r[x] = table[p[0]], g[x] = table[p[1]], b[x] = table[p[2]];
+            }
+        } else {
+            for (int64_t x = 0; x < w; ++x) {
+                const uint8_t* p = row + 3 * x;
+                r[x] = table[p[0]], g[x] = table[p[1]], b[x] = table[p[2]];
+            }
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
+                                  InterpolationMode mode) {
+    check_image(image, "resize_shorter_side");
+    const auto [h, w] = checked_resized_size(image, size);
     if (h == image.size(0) && w == image.size(1)) return image;  // torchvision returns it as is
     return resize(image, h, w, mode);
 }
@@ -301,12 +375,7 @@ torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size,
 torch::Tensor center_crop(const torch::Tensor& image, int64_t size) {
     const int64_t h = image.size(0), w = image.size(1);
     TORCH_CHECK(h >= size && w >= size, "center_crop: image ", h, "x", w, " smaller than ", size);
-    // int(round(d / 2.0)) with Python's round: half to even.
-    auto offset = [](int64_t d) {
-        const int64_t k = d / 2;
-        return (d % 2 == 1 && k % 2 == 1) ? k + 1 : k;
-    };
-    const int64_t top = offset(h - size), left = offset(w - size);
+    const int64_t top = center_offset(h - size), left = center_offset(w - size);
     return image.slice(0, top, top + size).slice(1, left, left + size).contiguous();
 }
 
@@ -343,28 +412,55 @@ bool draw_flip(const TransformConfig& config, Rng& rng) {
     return config.random_flip && rng_uniform01(rng) < 0.5;
 }
 
+namespace {
+
+// The crop window's offsets in the resized image, drawing as RandomCrop.get_params (top, then
+// left; nothing when the crop has no choice) unless center_crop. `rng` null: no random crop
+// allowed where it would have a choice (cached latents).
+std::pair<int64_t, int64_t> crop_offsets(int64_t h, int64_t w, const TransformConfig& config,
+                                         Rng* rng) {
+    const int64_t r = config.resolution;
+    TORCH_CHECK(h >= r && w >= r, "crop: image ", h, "x", w, " smaller than ", r);
+    if (config.center_crop) return {center_offset(h - r), center_offset(w - r)};
+    if (h == r && w == r) return {0, 0};
+    if (!rng)
+        throw std::runtime_error(
+            "is " + std::to_string(w) + "x" + std::to_string(h) +
+            " after resizing to --resolution " + std::to_string(r) +
+            ", so a random crop (the default without --center_crop) picks a different part "
+            "each epoch, which cached latents cannot hold; add --center_crop, or crop the images "
+            "to squares");
+    const auto top  = static_cast<int64_t>(rng_uniform_index(*rng, uint64_t(h - r + 1)));
+    const auto left = static_cast<int64_t>(rng_uniform_index(*rng, uint64_t(w - r + 1)));
+    return {top, left};
+}
+
+// Resize -> crop -> flip -> normalize in one pass over what the crop keeps: only the kept pixels
+// are resampled (resize_crop), and flip and normalize write the float result directly.
+torch::Tensor transform(const torch::Tensor& image, const TransformConfig& config, Rng* rng,
+                        const bool* fixed_flip, bool* flipped) {
+    check_image(image, "train_transform");
+    const int64_t r        = config.resolution;
+    const auto [h, w]      = checked_resized_size(image, r);
+    const auto [top, left] = crop_offsets(h, w, config, rng);
+    const bool flip = fixed_flip ? *fixed_flip : draw_flip(config, *rng);  // RandomHorizontalFlip
+    if (flipped) *flipped = flip;
+    const auto crop = h == image.size(0) && w == image.size(1)  // Resize returns it as is
+                          ? image.slice(0, top, top + r).slice(1, left, left + r)
+                          : resize_crop(image, h, w, top, left, r, r, config.interpolation);
+    return normalize_into_chw(crop, flip);
+}
+
+}  // namespace
+
 torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng,
                               bool* flipped) {
-    auto x          = resize_shorter_side(image, config.resolution, config.interpolation);
-    x               = config.center_crop ? center_crop(x, config.resolution)
-                                         : random_crop(x, config.resolution, rng);
-    const bool flip = draw_flip(config, rng);  // RandomHorizontalFlip(p=0.5)
-    if (flipped) *flipped = flip;
-    return to_normalized_tensor((flip ? hflip(x) : x).contiguous());
+    return transform(image, config, &rng, nullptr, flipped);
 }
 
 torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config,
                               bool flip) {
-    auto x = resize_shorter_side(image, config.resolution, config.interpolation);
-    if (!config.center_crop && (x.size(0) != config.resolution || x.size(1) != config.resolution))
-        throw std::runtime_error(
-            "is " + std::to_string(x.size(1)) + "x" + std::to_string(x.size(0)) +
-            " after resizing to --resolution " + std::to_string(config.resolution) +
-            ", so a random crop (the default without --center_crop) picks a different part "
-            "each epoch, which cached latents cannot hold; add --center_crop, or crop the images "
-            "to squares");
-    if (config.center_crop) x = center_crop(x, config.resolution);
-    return to_normalized_tensor((flip ? hflip(x) : x).contiguous());
+    return transform(image, config, nullptr, &flip, nullptr);
 }
 
 }  // namespace t2i::data

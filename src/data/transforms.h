@@ -55,6 +55,12 @@ std::pair<int64_t, int64_t> resized_output_size(int64_t h, int64_t w, int64_t si
 // map to PIL.Image.NEAREST (torchvision's pil_modes_mapping).
 torch::Tensor resize(const torch::Tensor& image, int64_t out_h, int64_t out_w,
                      InterpolationMode mode);
+// resize(image, out_h, out_w, mode)[top : top + height, left : left + width], bit for bit,
+// computing only those pixels (each output pixel of PIL's resampling depends only on its own
+// coefficients).
+torch::Tensor resize_crop(const torch::Tensor& image, int64_t out_h, int64_t out_w, int64_t top,
+                          int64_t left, int64_t height, int64_t width, InterpolationMode mode);
+
 // torchvision Resize(size, interpolation) on a PIL image: the shorter side -> size.
 torch::Tensor resize_shorter_side(const torch::Tensor& image, int64_t size, InterpolationMode mode);
 
@@ -81,7 +87,9 @@ struct TransformConfig {
     InterpolationMode interpolation = InterpolationMode::kLanczos;
 };
 // uint8 [H, W, 3] -> float32 [3, resolution, resolution]. Draws from `rng` only for the random
-// crop (top, then left) and then the flip, in that order. `flipped`: whether it flipped.
+// crop (top, then left) and then the flip, in that order. `flipped`: whether it flipped. The same
+// values as the composition resize_shorter_side -> center_crop / random_crop -> random_hflip ->
+// to_normalized_tensor (tested), in one pass that resamples only what the crop keeps.
 torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng,
                               bool* flipped = nullptr);
 
