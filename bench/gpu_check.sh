@@ -60,7 +60,7 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=
 say "building"
 cmake --build "$BUILD" --target t2i t2i_tests bench_unet >>"$LOG" 2>&1 ||
   { say "build failed (see $LOG)"; grep -m5 -B2 -A8 "error" "$LOG"; exit 1; }
-ldd "$BUILD/t2i" | grep -E "libtorch_cuda|libnccl|libcudart" | tee -a "$LOG" >&2
+ldd "$BUILD/libt2i_nccl.so" | grep -E "libtorch_cuda|libnccl|libcudart" | tee -a "$LOG" >&2
 T2I=$BUILD/t2i
 say "built"
 

@@ -3,6 +3,7 @@
 // path in fp32: CLIP and VAE forward, a few sampler steps of the pipeline (with per-step noise),
 // and training steps (the random draws come from the CPU generator on every device, so both
 // runs see the same noise and timesteps). Without a GPU those are skipped with the reason.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -54,6 +55,27 @@ TEST(Device, ParsesCpuCudaAndCudaN) {
         EXPECT_EQ(resolve_device("cuda", n - 1), torch::Device(torch::kCUDA, n - 1));
         expect_device_error("cuda:" + std::to_string(n), "CUDA device(s)");
     }
+}
+
+// t2i links the CPU half of libtorch; the CUDA half (and with it NCCL) loads on demand.
+TEST(Device, TheCudaHalfOfLibtorchAndTheNcclPluginLoadOnDemand) {
+    std::string why;
+#ifdef T2I_TORCH_CUDA
+    EXPECT_TRUE(load_cuda_runtime(&why)) << why;
+#else
+    EXPECT_FALSE(load_cuda_runtime(&why));
+    EXPECT_NE(why.find("no CUDA"), std::string::npos) << why;
+#endif
+#ifdef T2I_NCCL_PLUGIN
+    void* lib = ::dlopen(T2I_NCCL_PLUGIN, RTLD_NOW | RTLD_LOCAL);  // every symbol resolves
+    ASSERT_NE(lib, nullptr) << ::dlerror();
+    EXPECT_NE(::dlsym(lib, "t2i_make_nccl_backend"), nullptr);
+#endif
+    // A command line that names CUDA asks for it, one that does not stays on the CPU half.
+    const char* gpu[] = {"t2i", "train", "--device", "cuda:1"};
+    const char* cpu[] = {"t2i", "train", "--device", "cpu"};
+    EXPECT_TRUE(command_line_wants_cuda(4, const_cast<char**>(gpu)));
+    EXPECT_FALSE(command_line_wants_cuda(4, const_cast<char**>(cpu)));
 }
 
 TEST(Device, TrainAndGenerateRefuseCudaWithoutAGpuInOneLine) {

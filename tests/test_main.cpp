@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "test_util.h"
+#include "util/device.h"
 #include "util/torch_compat.h"
 
 namespace t2i::testing {
@@ -24,6 +25,9 @@ TempDir::~TempDir() {
 }  // namespace t2i::testing
 
 int main(int argc, char** argv) {
+    // The CUDA half of libtorch, before any test asks about CUDA (util/device.h): the CUDA tests
+    // run where there is a GPU, and the lazy load is exercised everywhere.
+    t2i::load_cuda_runtime();
     ::testing::InitGoogleTest(&argc, argv);
     t2i::set_num_threads(0);
     return RUN_ALL_TESTS();

@@ -54,6 +54,8 @@ void print_usage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Before anything asks libtorch about CUDA (see util/device.h).
+    if (t2i::command_line_wants_cuda(argc, argv)) t2i::load_cuda_runtime();
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -1,19 +1,18 @@
 // Implements: dist/process_group.h.
 #include "dist/process_group.h"
 
+#include <dlfcn.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
-
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef T2I_WITH_NCCL
-#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#endif
 
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "util/device.h"
 #include "util/log.h"
 
 namespace t2i::dist {
@@ -65,19 +64,50 @@ WorldInfo WorldInfo::from_env() {
 // Gloo always (CPU tensors: the loss, flags, gathered optimizer state, barriers), NCCL beside it
 // for CUDA tensors with --ddp_backend nccl (as torch keeps a Gloo group for object collectives).
 struct ProcessGroup::Backend {
-    c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
-#ifdef T2I_WITH_NCCL
-    c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
-#endif
+    c10::intrusive_ptr<c10d::Backend> gloo;
+    c10::intrusive_ptr<c10d::Backend> nccl;  // from libt2i_nccl.so (dist/nccl_backend.cpp)
     template <typename Fn>
     auto call(bool device_tensors, Fn&& fn) {
-#ifdef T2I_WITH_NCCL
         if (nccl && device_tensors) return fn(nccl);
-#endif
-        (void)device_tensors;
         return fn(gloo);
     }
 };
+
+namespace {
+
+// ProcessGroupNCCL from the plugin beside the executable (T2I_NCCL_PLUGIN overrides the path);
+// CUDA is loaded first. Throws naming what is missing.
+c10::intrusive_ptr<c10d::Backend> make_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                    int rank, int world_size,
+                                                    std::chrono::milliseconds timeout) {
+    std::string why;
+    if (!load_cuda_runtime(&why)) throw std::runtime_error("--ddp_backend nccl needs CUDA: " + why);
+    const char* env  = std::getenv("T2I_NCCL_PLUGIN");
+    std::string path = env && *env ? env : "";
+    if (path.empty()) {
+        std::error_code ec;
+        const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+        path           = (exe.parent_path() / "libt2i_nccl.so").string();
+    }
+    void* lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        const char* e = ::dlerror();
+        throw std::runtime_error("--ddp_backend nccl: cannot load the NCCL plugin " + path + " (" +
+                                 (e ? e : "unknown error") +
+                                 "); this t2i was built without NCCL (-DT2I_WITH_NCCL=ON builds "
+                                 "it against a CUDA libtorch), or use --ddp_backend gloo");
+    }
+    using Make = void (*)(const c10::intrusive_ptr<c10d::Store>*, int, int, int64_t,
+                          c10::intrusive_ptr<c10d::Backend>*);
+    auto make  = reinterpret_cast<Make>(::dlsym(lib, "t2i_make_nccl_backend"));
+    if (!make)
+        throw std::runtime_error("--ddp_backend nccl: " + path + " is not t2i's NCCL plugin");
+    c10::intrusive_ptr<c10d::Backend> backend;
+    make(&store, rank, world_size, timeout.count(), &backend);
+    return backend;
+}
+
+}  // namespace
 
 ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
     : world_(world), options_(options), backend_(std::make_unique<Backend>()) {
@@ -117,19 +147,11 @@ ProcessGroup::ProcessGroup(const WorldInfo& world, const GroupOptions& options)
     if (options.backend != "gloo" && options.backend != "nccl")
         throw std::runtime_error("--ddp_backend must be gloo or nccl, got '" + options.backend +
                                  "'");
-    if (options.backend == "nccl") {
-#ifdef T2I_WITH_NCCL
-        auto o         = c10d::ProcessGroupNCCL::Options::create();
-        o->timeout     = options.timeout;
-        backend_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(
+    if (options.backend == "nccl")
+        backend_->nccl = make_nccl_backend(
             c10::make_intrusive<c10d::PrefixStore>("t2i/nccl", store_), world.rank,
-            world.world_size, o);
-#else
-        throw std::runtime_error(
-            "--ddp_backend nccl: this t2i was built without NCCL (libtorch CPU build); use "
-            "--ddp_backend gloo, or build against a CUDA libtorch with -DT2I_WITH_NCCL=ON");
-#endif
-    }
+            world.world_size,
+            std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout));
     auto o             = c10d::ProcessGroupGloo::Options::create(options.timeout);
     const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
     if (ifname && *ifname)

@@ -4,7 +4,10 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 
+#include <filesystem>
+#include <mutex>
 #include <vector>
 
 #include "util/log.h"
@@ -24,7 +27,47 @@ struct CollectWarnings : c10::WarningHandler {
 
 }  // namespace
 
+bool load_cuda_runtime(std::string* why) {
+    static std::once_flag once;
+    static bool loaded = false;
+    static std::string error;
+    std::call_once(once, [] {
+        Dl_info info{};
+        if (!::dladdr(reinterpret_cast<void*>(&at::globalContext), &info) || !info.dli_fname) {
+            error = "cannot locate libtorch_cpu.so";
+            return;
+        }
+        const std::string dir  = std::filesystem::path(info.dli_fname).parent_path().string();
+        const std::string path = dir + "/libtorch_cuda.so";
+        if (!std::filesystem::exists(path)) {
+            error = "this libtorch has no CUDA (no libtorch_cuda.so in " + dir + ")";
+            return;
+        }
+        if (!::dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+            const char* e = ::dlerror();
+            error         = "cannot load " + path + ": " + (e ? e : "unknown error");
+            return;
+        }
+        loaded = true;
+    });
+    if (why) *why = error;
+    return loaded;
+}
+
+bool command_line_wants_cuda(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a.find("cuda") != std::string::npos || a.find("nccl") != std::string::npos) return true;
+    }
+    return false;
+}
+
 int cuda_device_count(std::string* why) {
+    std::string load_error;
+    if (!load_cuda_runtime(&load_error)) {
+        if (why) *why = load_error;
+        return 0;
+    }
     CollectWarnings warnings;
     c10::WarningUtils::WarningHandlerGuard guard(&warnings);
     int n = 0;
