@@ -295,5 +295,37 @@ TEST(FeatureCache, EncodersAreReleasedOnlyWhenNothingElseNeedsThem) {
     EXPECT_GT(s.models.vae->config.scaling_factor, 0);  // the config stays for the step
 }
 
+TEST(FeatureCache, ADamagedDiskCacheIsRebuiltAndAnyFileNameWorks) {
+    TempDir dir;
+    // kohya's layout (sidecar captions): file names come from the folder listing and need not be
+    // UTF-8; the cache records them byte for byte.
+    const std::string data = dir.file("data");
+    std::filesystem::create_directories(data);
+    for (const std::string name : {"caf\xe9", "plain"}) {
+        io::write_png(data + "/" + name + ".png",
+                      testing::random_image(64, 64, int64_t(name.size())));
+        std::ofstream(data + "/" + name + ".txt") << "a photo of " << name.size() << "\n";
+    }
+    auto c                  = cache_config(dir, data);
+    c.cache_latents_to_disk = true;
+    io::OutputFolder out(c.output_dir);
+    const std::string file = c.output_dir + "/cache/latents.safetensors";
+    {
+        CacheSetup s(c);
+        EXPECT_EQ(s.build(&out).latents_encoded, 2);
+    }
+    {
+        CacheSetup s(c);
+        EXPECT_EQ(s.build(&out).latents_reused, 2);
+    }
+    // The record is intact but a tensor is missing: encoded again, not a failed run.
+    const io::SafetensorsFile f(file);
+    io::save_safetensors(file, {{"std", f.get("std")}}, f.metadata());
+    CacheSetup s(c);
+    const auto cache = s.build(&out);
+    EXPECT_EQ(cache.latents_encoded, 2);
+    EXPECT_EQ(cache.latents_reused, 0);
+}
+
 }  // namespace
 }  // namespace t2i

@@ -437,8 +437,10 @@ torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
     }
     try {
         return fixed_transform(image, config_.transform, flip);
-    } catch (const std::exception& e) {
+    } catch (const CropChoiceError& e) {  // a flag problem, not a bad image
         throw std::runtime_error("image '" + rec.image_path + "' " + e.what());
+    } catch (const std::exception& e) {
+        throw BadSampleError("image '" + rec.image_path + "': " + e.what());
     }
 }
 

@@ -105,8 +105,8 @@ class CaptionDataset {
     // flip and the caption, and this draws exactly the same).
     Example draw(int64_t i, Rng& rng) const;
     // Record `i`'s pixels with the given flip (transforms.h fixed_transform). Throws
-    // BadSampleError for an unreadable image, std::runtime_error (naming the image) for a
-    // random crop with a choice.
+    // BadSampleError for an unreadable image (as get()), std::runtime_error (naming the image)
+    // for a random crop with a choice.
     torch::Tensor fixed_pixels(int64_t i, bool flip) const;
     // The token ids [77] of a caption as get() makes them.
     torch::Tensor input_ids(const std::string& caption) const;

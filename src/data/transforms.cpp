@@ -134,7 +134,7 @@ void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_
                          int out_w, const Coeffs& c) {
     for (int yy = 0; yy < rows; ++yy) {
         const uint8_t* src = in + size_t(yy + row0) * in_w * 3;
-        uint8_t* dst       = out + size_t(yy) * out_w * 3 - size_t(x0) * 3;
+        uint8_t* dst       = out + size_t(yy) * out_w * 3;
         for (int xx = x0; xx < x0 + out_w; ++xx) {
             const int xmin   = c.bounds[2 * xx];
             const int xmax   = c.bounds[2 * xx + 1];
@@ -146,9 +146,10 @@ void resample_horizontal(const uint8_t* in, int in_w, int row0, int rows, uint8_
                 ss1 += p[1] * k[x];
                 ss2 += p[2] * k[x];
             }
-            dst[3 * xx]     = clip8(ss0);
-            dst[3 * xx + 1] = clip8(ss1);
-            dst[3 * xx + 2] = clip8(ss2);
+            uint8_t* px = dst + 3 * (xx - x0);
+            px[0]       = clip8(ss0);
+            px[1]       = clip8(ss1);
+            px[2]       = clip8(ss2);
         }
     }
 }
@@ -424,7 +425,7 @@ std::pair<int64_t, int64_t> crop_offsets(int64_t h, int64_t w, const TransformCo
     if (config.center_crop) return {center_offset(h - r), center_offset(w - r)};
     if (h == r && w == r) return {0, 0};
     if (!rng)
-        throw std::runtime_error(
+        throw CropChoiceError(
             "is " + std::to_string(w) + "x" + std::to_string(h) +
             " after resizing to --resolution " + std::to_string(r) +
             ", so a random crop (the default without --center_crop) picks a different part "

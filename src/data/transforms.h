@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -97,9 +98,15 @@ torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig&
 // --random_flip).
 bool draw_flip(const TransformConfig& config, Rng& rng);
 
+// fixed_transform's refusal of a random crop that has a choice.
+struct CropChoiceError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // train_transform with a given flip and no random crop: for cached latents, which hold every
 // sample's pixels once per flip. A random crop (no --center_crop) is only allowed where it has
-// no choice (the resized image is resolution x resolution); otherwise throws naming the size.
+// no choice (the resized image is resolution x resolution); otherwise throws CropChoiceError
+// naming the size.
 torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config, bool flip);
 
 }  // namespace t2i::data

@@ -336,6 +336,14 @@ std::string ProcessGroup::store_get(const std::string& key) {
     }
 }
 
+bool ProcessGroup::store_check(const std::string& key) {
+    try {
+        return store_->check({"t2i/kv/" + key});
+    } catch (const std::exception& e) {
+        fail("checking '" + key + "' in the TCPStore", e.what());
+    }
+}
+
 // ---- GradReducer ----
 
 GradReducer::GradReducer(ProcessGroup& group, std::vector<torch::Tensor> params,

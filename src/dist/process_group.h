@@ -91,6 +91,7 @@ class ProcessGroup {
     // Small values through the store (strings: resume paths, shapes of gathered state).
     void store_set(const std::string& key, const std::string& value);
     std::string store_get(const std::string& key);  // waits up to the timeout for the key
+    bool store_check(const std::string& key);       // whether the key is set, without waiting
 
     // 0, 1, 2, ...: numbers collective calls that need unique store keys or tags (the calls
     // happen in the same order on every rank).

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "io/file_util.h"
 #include "io/json_config.h"
@@ -48,11 +49,15 @@ uint64_t hash_bytes(uint64_t h, const void* data, size_t n) {
 
 // What an image file was when it was encoded: a changed file (size or modification time) is
 // encoded again.
+// The path's bytes are stored in hex: a file name need not be UTF-8 (JSON text must be).
 json image_stamp(const std::string& path) {
+    static const char* const kHex = "0123456789abcdef";
+    std::string hex;
+    for (const unsigned char ch : path) hex += kHex[ch >> 4], hex += kHex[ch & 15];
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return json::array({path, -1, -1});
+    if (::stat(path.c_str(), &st) != 0) return json::array({hex, -1, -1});
     const int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
-    return json::array({path, int64_t(st.st_size), mtime_ns});
+    return json::array({hex, int64_t(st.st_size), mtime_ns});
 }
 
 // A cache file's record of what it was made from, or null when there is no usable file.
@@ -153,12 +158,20 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
             json key = rec;
             key.erase("images");
             if (key == made_from && rec.contains("images") && rec["images"].is_array()) {
-                io::SafetensorsFile f(file);
-                old_mean           = f.get("mean");
-                old_std            = f.get("std");
-                const auto& images = rec["images"];
-                if (old_mean.size(0) == int64_t(images.size()) * flips)
-                    for (size_t j = 0; j < images.size(); ++j) old_rows[images[j].dump()] = j;
+                try {
+                    io::SafetensorsFile f(file);
+                    old_mean           = f.get("mean");
+                    old_std            = f.get("std");
+                    const auto& images = rec["images"];
+                    if (old_mean.sizes() == old_std.sizes() && old_mean.dim() == 4 &&
+                        old_mean.size(0) == int64_t(images.size()) * flips)
+                        for (size_t j = 0; j < images.size(); ++j)
+                            old_rows[images[j].dump()] = int64_t(j);
+                } catch (const std::exception& e) {
+                    old_rows.clear();
+                    log_warn("latent cache '%s' is damaged (%s); encoding every image again",
+                             file.c_str(), e.what());
+                }
             } else {
                 log_info(
                     "latent cache '%s' was made from other VAE weights or transform flags; "
@@ -236,20 +249,31 @@ void build_text(const TrainConfig& c, const data::CaptionDataset& ds, StepModels
     if (c.cache_text_encoder_outputs_to_disk) {
         const json rec = read_record(file, "text encoder output");
         if (!rec.is_null() && rec == made_from) {
-            io::SafetensorsFile f(file);
-            const auto old_ids = f.get("input_ids"), old_states = f.get("hidden_states");
-            std::map<std::vector<int64_t>, int64_t> old_row;
-            auto key = [](const torch::Tensor& ids) {
-                const auto row = ids.contiguous();
-                return std::vector<int64_t>(row.data_ptr<int64_t>(),
-                                            row.data_ptr<int64_t>() + row.numel());
-            };
-            for (int64_t r = 0; r < old_ids.size(0); ++r) old_row[key(old_ids[r])] = r;
-            for (int64_t r = 0; r < u; ++r) {
-                const auto old = old_row.find(key(all_ids[r]));
-                if (old == old_row.end()) continue;
-                rows[size_t(r)] = old_states[old->second];
-                ++cache->texts_reused;
+            try {
+                io::SafetensorsFile f(file);
+                const auto old_ids = f.get("input_ids"), old_states = f.get("hidden_states");
+                if (old_ids.scalar_type() != torch::kInt64 || old_ids.dim() != 2 ||
+                    old_states.dim() != 3 || old_states.size(0) != old_ids.size(0))
+                    throw std::runtime_error("unexpected tensor shapes or dtypes");
+                std::map<std::vector<int64_t>, int64_t> old_row;
+                auto key = [](const torch::Tensor& ids) {
+                    const auto row = ids.contiguous();
+                    return std::vector<int64_t>(row.data_ptr<int64_t>(),
+                                                row.data_ptr<int64_t>() + row.numel());
+                };
+                for (int64_t r = 0; r < old_ids.size(0); ++r) old_row[key(old_ids[r])] = r;
+                for (int64_t r = 0; r < u; ++r) {
+                    const auto old = old_row.find(key(all_ids[r]));
+                    if (old == old_row.end()) continue;
+                    rows[size_t(r)] = old_states[old->second];
+                    ++cache->texts_reused;
+                }
+            } catch (const std::exception& e) {
+                for (auto& row : rows) row = torch::Tensor();
+                cache->texts_reused = 0;
+                log_warn(
+                    "text encoder output cache '%s' is damaged (%s); encoding every caption again",
+                    file.c_str(), e.what());
             }
         } else if (!rec.is_null()) {
             log_info(
@@ -348,6 +372,13 @@ FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
     const bool latents = c.cache_latents || c.cache_latents_to_disk;
     const bool text    = c.cache_text_encoder_outputs || c.cache_text_encoder_outputs_to_disk;
     if (!latents && !text) return cache;
+    // Several processes: the others wait, without a deadline, for rank 0 to finish encoding (a
+    // large dataset takes longer than --ddp_timeout; a launcher stops every worker when one dies).
+    const std::string ready =
+        dp.active() ? "feature_cache_ready/" + std::to_string(dp.group()->next_sequence()) : "";
+    if (dp.active() && !dp.is_main())
+        while (!dp.group()->store_check(ready))
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
     if (dp.is_main()) {
         if (out && (c.cache_latents_to_disk || c.cache_text_encoder_outputs_to_disk)) {
             out->claim("cache");
@@ -355,6 +386,7 @@ FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
         }
         if (latents) build_latents(c, dataset, models, weight_dtype, out, device, &cache);
         if (text) build_text(c, dataset, models, weight_dtype, out, device, &cache);
+        if (dp.active()) dp.group()->store_set(ready, "1");
     }
     if (!dp.active()) return cache;
     // Several processes: rank 0's caches on every rank.
