@@ -29,21 +29,14 @@ using testing::fixture;
 using testing::TempDir;
 
 training::TrainConfig cache_config(const TempDir& dir, const std::string& data) {
-    training::TrainConfig c;
-    c.pretrained_model_name_or_path = fixture("tiny-sd1");
-    c.train_data_dir                = data;
-    c.output_dir                    = dir.file("out");
-    c.resolution                    = 64;
-    c.center_crop                   = true;
-    c.random_flip                   = true;
-    c.train_batch_size              = 2;
-    c.max_train_steps               = 3;
-    c.checkpointing_steps           = 100;
-    c.seed                          = 5;
-    c.num_threads                   = 2;
-    c.lr_warmup_steps               = 0;
-    c.cache_latents                 = true;
-    c.cache_text_encoder_outputs    = true;
+    auto c                       = testing::tiny_train_config(dir, data);
+    c.center_crop                = true;
+    c.random_flip                = true;
+    c.max_train_steps            = 3;
+    c.checkpointing_steps        = 100;
+    c.seed                       = 5;
+    c.cache_latents              = true;
+    c.cache_text_encoder_outputs = true;
     return c;
 }
 
@@ -325,6 +318,24 @@ TEST(FeatureCache, ADamagedDiskCacheIsRebuiltAndAnyFileNameWorks) {
     const auto cache = s.build(&out);
     EXPECT_EQ(cache.latents_encoded, 2);
     EXPECT_EQ(cache.latents_reused, 0);
+}
+
+TEST(FeatureCache, TheWeightsFingerprintChangesWithAnyWeight) {
+    torch::manual_seed(0);
+    torch::nn::Linear a(4, 3), b(4, 3);
+    {
+        torch::NoGradGuard no_grad;
+        b->weight.copy_(a->weight);
+        b->bias.copy_(a->bias);
+    }
+    const auto fa = training::weights_fingerprint(*a);
+    EXPECT_EQ(training::weights_fingerprint(*b), fa);  // the same weights, another module
+    {
+        torch::NoGradGuard no_grad;
+        b->bias[2].add_(1e-6);  // one element, slightly
+    }
+    EXPECT_NE(training::weights_fingerprint(*b), fa);
+    EXPECT_EQ(fa.size(), 16u);
 }
 
 }  // namespace

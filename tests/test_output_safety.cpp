@@ -34,19 +34,12 @@ using testing::run_t2i;
 using testing::TempDir;
 
 training::TrainConfig tiny_config(const TempDir& dir, const std::string& data) {
-    training::TrainConfig c;
-    c.pretrained_model_name_or_path = fixture("tiny-sd1");
-    c.train_data_dir                = data;
-    c.output_dir                    = dir.file("out");
-    c.resolution                    = 64;
-    c.train_batch_size              = 2;
-    c.max_train_steps               = 2;
-    c.checkpointing_steps           = 1;
-    c.checkpoints_total_limit       = 1;
-    c.seed                          = 7;
-    c.num_threads                   = 2;
-    c.lr_warmup_steps               = 0;
-    c.report_to                     = "none";
+    auto c                    = testing::tiny_train_config(dir, data);
+    c.max_train_steps         = 2;
+    c.checkpointing_steps     = 1;
+    c.checkpoints_total_limit = 1;
+    c.seed                    = 7;
+    c.report_to               = "none";
     return c;
 }
 

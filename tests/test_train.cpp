@@ -33,17 +33,10 @@ using testing::TempDir;
 std::string make_dataset(const TempDir& dir) { return testing::make_image_dataset(dir, 8); }
 
 training::TrainConfig tiny_config(const TempDir& dir, const std::string& data) {
-    training::TrainConfig c;
-    c.pretrained_model_name_or_path = fixture("tiny-sd1");
-    c.train_data_dir                = data;
-    c.output_dir                    = dir.file("out");
-    c.resolution                    = 64;
-    c.train_batch_size              = 2;
-    c.max_train_steps               = 6;
-    c.checkpointing_steps           = 2;
-    c.seed                          = 42;
-    c.num_threads                   = 2;
-    c.lr_warmup_steps               = 0;
+    auto c                = testing::tiny_train_config(dir, data);
+    c.max_train_steps     = 6;
+    c.checkpointing_steps = 2;
+    c.seed                = 42;
     return c;
 }
 

@@ -19,6 +19,7 @@
 #include "io/image_io.h"
 #include "io/safetensors.h"
 #include "tokenizer/clip_tokenizer.h"
+#include "training/train_config.h"
 
 namespace t2i::testing {
 
@@ -87,6 +88,20 @@ void expect_error(const std::function<void()>& fn, const std::vector<std::string
             EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
                 << "'" << p << "' not in: " << e.what();
     }
+}
+
+// `t2i train` on tiny-sd1 at 64 px, batch 2, 2 threads, no LR warm-up, into dir/out: what the
+// training tests share; each sets its steps, checkpoints and seed.
+inline training::TrainConfig tiny_train_config(const TempDir& dir, const std::string& data) {
+    training::TrainConfig c;
+    c.pretrained_model_name_or_path = fixture("tiny-sd1");
+    c.train_data_dir                = data;
+    c.output_dir                    = dir.file("out");
+    c.resolution                    = 64;
+    c.train_batch_size              = 2;
+    c.num_threads                   = 2;
+    c.lr_warmup_steps               = 0;
+    return c;
 }
 
 // `count` 80x72 images (shapes of random colours) with captions in dir/data, imagefolder layout

@@ -326,6 +326,13 @@ std::pair<int64_t, int64_t> checked_resized_size(const torch::Tensor& image, int
     return {h, w};
 }
 
+// RandomCrop.get_params: top, then left, uniform over the positions that fit.
+std::pair<int64_t, int64_t> random_crop_offsets(int64_t h, int64_t w, int64_t size, Rng& rng) {
+    const auto top  = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(h - size + 1)));
+    const auto left = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(w - size + 1)));
+    return {top, left};
+}
+
 // CenterCrop's offset: int(round(d / 2.0)) with Python's round (half to even).
 int64_t center_offset(int64_t d) {
     const int64_t k = d / 2;
@@ -384,8 +391,7 @@ torch::Tensor random_crop(const torch::Tensor& image, int64_t size, Rng& rng) {
     const int64_t h = image.size(0), w = image.size(1);
     TORCH_CHECK(h >= size && w >= size, "random_crop: image ", h, "x", w, " smaller than ", size);
     if (h == size && w == size) return image;  // RandomCrop.get_params draws nothing
-    const auto top  = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(h - size + 1)));
-    const auto left = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(w - size + 1)));
+    const auto [top, left] = random_crop_offsets(h, w, size, rng);
     return image.slice(0, top, top + size).slice(1, left, left + size).contiguous();
 }
 
@@ -397,16 +403,7 @@ torch::Tensor random_hflip(const torch::Tensor& image, Rng& rng) {
 
 torch::Tensor to_normalized_tensor(const torch::Tensor& image) {
     check_image(image, "to_normalized_tensor");
-    const int64_t h = image.size(0), w = image.size(1), hw = h * w;
-    auto out           = torch::empty({3, h, w}, torch::kFloat32);  // [3, H, W]
-    const uint8_t* src = image.data_ptr<uint8_t>();
-    float* dst         = out.data_ptr<float>();
-    for (int64_t i = 0; i < hw; ++i)
-        for (int64_t c = 0; c < 3; ++c) {
-            const float v   = static_cast<float>(src[3 * i + c]) / 255.0f;  // ToTensor
-            dst[c * hw + i] = (v - 0.5f) / 0.5f;                            // Normalize
-        }
-    return out;
+    return normalize_into_chw(image, /*flip=*/false);
 }
 
 bool draw_flip(const TransformConfig& config, Rng& rng) {
@@ -431,9 +428,7 @@ std::pair<int64_t, int64_t> crop_offsets(int64_t h, int64_t w, const TransformCo
             ", so a random crop (the default without --center_crop) picks a different part "
             "each epoch, which cached latents cannot hold; add --center_crop, or crop the images "
             "to squares");
-    const auto top  = static_cast<int64_t>(rng_uniform_index(*rng, uint64_t(h - r + 1)));
-    const auto left = static_cast<int64_t>(rng_uniform_index(*rng, uint64_t(w - r + 1)));
-    return {top, left};
+    return random_crop_offsets(h, w, r, *rng);
 }
 
 // Resize -> crop -> flip -> normalize in one pass over what the crop keeps: only the kept pixels

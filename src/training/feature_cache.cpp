@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <cinttypes>
-#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -13,6 +12,7 @@
 #include "io/file_util.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "io/tensorboard.h"
 #include "util/autocast.h"
 #include "util/log.h"
 
@@ -28,24 +28,6 @@ constexpr const char* kMetadataKey = "t2i_cache";
 constexpr const char* kLatentFile  = "latents.safetensors";
 constexpr const char* kTextFile    = "text_encoder_outputs.safetensors";
 constexpr int64_t kTextEncodeBatch = 16;
-
-uint64_t mix(uint64_t h, uint64_t v) {
-    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    return h * 0xff51afd7ed558ccdull;
-}
-
-uint64_t hash_bytes(uint64_t h, const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    size_t i      = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        h = mix(h, w);
-    }
-    uint64_t tail = 0;
-    std::memcpy(&tail, p + i, n - i);
-    return mix(h, tail ^ (uint64_t(n - i) << 56));
-}
 
 // What an image file was when it was encoded: a changed file (size or modification time) is
 // encoded again.
@@ -141,8 +123,9 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
                    torch::ScalarType weight_dtype, io::OutputFolder* out, torch::Device device,
                    FeatureCache* cache) {
     const int64_t n = ds.size(), flips = c.random_flip ? 2 : 1;
+    // What a disk cache was made from (the weights hash reads every VAE weight: disk caches only).
     json made_from = {{"version", kCacheVersion},
-                      {"vae", weights_fingerprint(*m.vae)},
+                      {"vae", c.cache_latents_to_disk ? weights_fingerprint(*m.vae) : ""},
                       {"dtype", std::string(c10::toString(weight_dtype))},
                       {"resolution", c.resolution},
                       {"center_crop", c.center_crop},
@@ -238,11 +221,13 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
 void build_text(const TrainConfig& c, const data::CaptionDataset& ds, StepModels& m,
                 torch::ScalarType weight_dtype, io::OutputFolder* out, torch::Device device,
                 FeatureCache* cache) {
-    const auto all_ids     = torch::stack(distinct_token_ids(ds, &cache->text_row));  // [U, S]
-    const int64_t u        = all_ids.size(0);
-    const json made_from   = {{"version", kCacheVersion},
-                              {"text_encoder", weights_fingerprint(*m.text_encoder)},
-                              {"dtype", std::string(c10::toString(weight_dtype))}};
+    const auto all_ids   = torch::stack(distinct_token_ids(ds, &cache->text_row));  // [U, S]
+    const int64_t u      = all_ids.size(0);
+    const json made_from = {
+        {"version", kCacheVersion},
+        {"text_encoder",
+         c.cache_text_encoder_outputs_to_disk ? weights_fingerprint(*m.text_encoder) : ""},
+        {"dtype", std::string(c10::toString(weight_dtype))}};
     const std::string file = out ? out->file(std::string("cache/") + kTextFile) : "";
     std::vector<int64_t> todo;
     std::vector<torch::Tensor> rows(static_cast<size_t>(u));
@@ -311,13 +296,14 @@ void build_text(const TrainConfig& c, const data::CaptionDataset& ds, StepModels
 }  // namespace
 
 std::string weights_fingerprint(const torch::nn::Module& module) {
-    uint64_t h = 0x6a09e667f3bcc908ull;
+    // Per tensor: CRC-32C of its name and bytes (io/tensorboard.h), chained with its shape and
+    // dtype through the loader's SplitMix64 hash (data/loader.h mix_seed).
+    uint64_t h = 0;
     for (const auto& p : module.named_parameters()) {
-        h            = hash_bytes(h, p.key().data(), p.key().size());
         const auto t = p.value().detach().to(torch::kCPU).contiguous();
-        for (auto d : t.sizes()) h = mix(h, uint64_t(d));
-        h = mix(h, uint64_t(t.scalar_type()));
-        h = hash_bytes(h, t.data_ptr(), t.nbytes());
+        h            = data::mix_seed(h, io::crc32c(p.key().data(), p.key().size()),
+                                      io::crc32c(t.data_ptr(), t.nbytes()), uint64_t(t.scalar_type()));
+        for (auto d : t.sizes()) h = data::mix_seed(h, uint64_t(d));
     }
     char buf[17];
     std::snprintf(buf, sizeof buf, "%016" PRIx64, h);

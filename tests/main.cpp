@@ -1,4 +1,5 @@
-// Implements: the gtest entry point: fixed thread count so results do not depend on the machine.
+// Implements: the gtest entry point (not a test file): fixed thread count so results do not depend
+// on the machine, the CUDA half of libtorch loaded first, and TempDir (test_util.h).
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <unistd.h>
