@@ -10,6 +10,7 @@ namespace t2i::cli {
 int inspect_command(const std::vector<std::string>& args);
 int tokenize_command(const std::vector<std::string>& args);
 int train_command(const std::vector<std::string>& args);
+int train_lora_command(const std::vector<std::string>& args);
 int generate_command(const std::vector<std::string>& args);
 int init_model_command(const std::vector<std::string>& args);
 int demo_data_command(const std::vector<std::string>& args);

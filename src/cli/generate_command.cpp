@@ -2,6 +2,7 @@
 // a t2i training output or a checkpoint-N folder -> PNG files (and optionally the latents).
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -12,6 +13,7 @@
 #include "io/json_config.h"
 #include "io/safetensors.h"
 #include "io/text.h"
+#include "models/lora.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
 #include "util/device.h"
@@ -26,7 +28,8 @@ namespace {
 struct GenerateFlags {
     std::string model, base_model, prompt_file, scheduler, variant, output;
     std::string seed, save_latents, device = "cpu", torch_dtype = "fp32";
-    std::vector<std::string> prompt, negative_prompt;
+    std::vector<std::string> prompt, negative_prompt, lora;
+    bool fuse_lora              = false;
     int64_t num_inference_steps = 50, height = 0, width = 0;
     int64_t num_images_per_prompt = 1, num_threads = 0;
     double guidance_scale = 7.5;
@@ -39,6 +42,38 @@ std::vector<std::string> read_prompt_file(const std::string& path) {
         if (!line.empty() && line.find_first_not_of(" \t\r") != std::string::npos)
             out.push_back(line);
     return out;
+}
+
+// --lora FILE[:SCALE]: read the file (kohya names resolved against this model) and apply it.
+void apply_lora_flag(const std::string& spec, bool fuse, models::UNet2DConditionModel& unet,
+                     models::CLIPTextModel& text_encoder) {
+    std::string path = spec;
+    double scale     = 1.0;
+    const auto colon = spec.rfind(':');
+    if (colon != std::string::npos && colon + 1 < spec.size()) {
+        char* end         = nullptr;
+        const auto suffix = spec.substr(colon + 1);
+        const double v    = std::strtod(suffix.c_str(), &end);
+        if (end && *end == '\0') {
+            if (!std::isfinite(v))
+                throw UsageError("--lora " + spec + ": the scale must be a finite number");
+            path  = spec.substr(0, colon);
+            scale = v;
+        }
+    }
+    if (io::dir_exists(path)) path += "/pytorch_lora_weights.safetensors";
+    if (!io::file_exists(path))
+        throw UsageError("--lora " + spec + ": no file '" + path +
+                         "' (give a .safetensors LoRA file or a t2i train-lora output folder)");
+    models::LoraFile lora;
+    try {
+        lora = models::read_lora_file(path, unet.get(), text_encoder.get());
+        models::apply_lora(lora, scale, fuse, unet, text_encoder);
+    } catch (const std::invalid_argument& e) {
+        throw UsageError(std::string("--lora: ") + e.what());
+    }
+    log_info("LoRA %s (%s layout, %zu modules) x %g%s", path.c_str(), lora.format.c_str(),
+             lora.modules.size(), scale, fuse ? ", fused" : "");
 }
 
 // "/000000.png", ...: image i of a folder --output.
@@ -120,6 +155,14 @@ int generate_command(const std::vector<std::string>& args) {
     p.add(f.torch_dtype, "torch_dtype",
           "Weights and activations: fp32, fp16 (CUDA only) or bf16 (diffusers' torch_dtype; "
           "float32 / float16 / bfloat16 also accepted).");
+    p.add(f.lora, "lora",
+          "FILE[:SCALE], repeatable: a LoRA in diffusers / PEFT layout (as save_lora_weights and "
+          "t2i train-lora write; a folder means FOLDER/pytorch_lora_weights.safetensors) or "
+          "kohya / A1111 layout, times SCALE (default 1; diffusers' cross_attention_kwargs "
+          "scale, also for a text encoder LoRA).");
+    p.add(f.fuse_lora, "fuse_lora",
+          "Merge the LoRAs into the weights before sampling (diffusers' fuse_lora): faster "
+          "steps, the same images up to float rounding.");
     if (!p.parse(args)) return 0;
     if (f.model.empty()) throw UsageError("--model is required");
     if (f.output.empty()) throw UsageError("--output is required");
@@ -205,6 +248,7 @@ int generate_command(const std::vector<std::string>& args) {
     auto tokenizer    = folder.tokenizer();
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    f.model);
+    for (const auto& spec : f.lora) apply_lora_flag(spec, f.fuse_lora, unet, text_encoder);
     // The decoded images (float32) alone beyond the machine's memory: refused before sampling.
     const int64_t side = unet->config.sample_size * vae->config.vae_scale_factor();
     const int64_t h = f.height > 0 ? f.height : side, w = f.width > 0 ? f.width : side;

@@ -25,6 +25,8 @@ const Command kCommands[] = {
      "Print the CLIP token ids of prompts as JSON lines, exactly as transformers computes them."},
     {"train", t2i::cli::train_command,
      "Fine-tune a Stable Diffusion UNet as diffusers' train_text_to_image.py (same flags)."},
+    {"train-lora", t2i::cli::train_lora_command,
+     "Train a LoRA as diffusers' train_text_to_image_lora.py (pytorch_lora_weights.safetensors)."},
     {"generate", t2i::cli::generate_command,
      "Generate images from a model folder as diffusers' StableDiffusionPipeline does."},
     {"init-model", t2i::cli::init_model_command,

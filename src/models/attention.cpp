@@ -35,6 +35,27 @@ torch::Tensor attention_scores_apply(const torch::Tensor& q, const torch::Tensor
     return out.view({N, h, S, d});
 }
 
+torch::Tensor linear_with_lora(const torch::nn::Linear& base,
+                               const std::vector<LoraAdapter>& adapters, const torch::Tensor& x) {
+    auto y = torch::linear(x, base->weight, base->bias);
+    for (const auto& a : adapters)
+        y = y + torch::linear(torch::linear(x, a.lora_A->weight), a.lora_B->weight) * a.scale;
+    return y;
+}
+
+torch::nn::Linear AttentionImpl::projection(int slot) const {
+    switch (slot) {
+        case kLoraQ:
+            return to_q;
+        case kLoraK:
+            return to_k;
+        case kLoraV:
+            return to_v;
+        default:
+            return torch::nn::Linear(to_out->ptr<torch::nn::LinearImpl>(0));
+    }
+}
+
 AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
     const int64_t inner   = o.heads * o.dim_head;
     const int64_t context = o.cross_attention_dim > 0 ? o.cross_attention_dim : o.query_dim;
@@ -69,13 +90,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& hidden_states,
     const auto& ctx = encoder_hidden_states.defined() ? encoder_hidden_states : x;
     const auto N = x.size(0), S = x.size(1), L = ctx.size(1);
     const auto h = options.heads, d = options.dim_head;
-    auto q = to_q(x).view({N, S, h, d}).transpose(1, 2);    // [N, h, S, d]
-    auto k = to_k(ctx).view({N, L, h, d}).transpose(1, 2);  // [N, h, L, d]
-    auto v = to_v(ctx).view({N, L, h, d}).transpose(1, 2);  // [N, h, L, d]
+    auto q = linear_with_lora(to_q, lora[kLoraQ], x).view({N, S, h, d}).transpose(1, 2);
+    auto k = linear_with_lora(to_k, lora[kLoraK], ctx).view({N, L, h, d}).transpose(1, 2);
+    auto v = linear_with_lora(to_v, lora[kLoraV], ctx).view({N, L, h, d}).transpose(1, 2);
     auto o =
         attention_scores_apply(q, k, v, scale, options.upcast_attention, options.upcast_softmax);
     o = o.transpose(1, 2).reshape({N, S, h * d});  // [N, S, h*d]
-    o = to_out[0]->as<torch::nn::Linear>()->forward(o);
+    o = linear_with_lora(projection(kLoraOut), lora[kLoraOut], o);
     o = to_out[1]->as<torch::nn::Dropout>()->forward(o);
     if (is_4d) o = o.transpose(1, 2).reshape({N, C, H, W});
     if (options.residual_connection) o = o + residual;

@@ -7,6 +7,9 @@
 
 #include <torch/torch.h>
 
+#include <array>
+#include <vector>
+
 #include "models/normalization.h"
 
 namespace t2i::models {
@@ -18,6 +21,20 @@ namespace t2i::models {
 // bmm), the path the fixtures' golden numbers came from (torch 1.13).
 enum class AttentionBackend { kReference, kFused };
 void set_attention_backend(AttentionBackend backend);
+
+// One LoRA adapter on a Linear projection, PEFT's LoraLayer for one adapter:
+// y = base(x) + scale * lora_B(lora_A(x)). models/lora.h adds them (scale = lora_alpha / r times
+// the user's LoRA scale) and registers lora_A / lora_B as children of the base Linear, so their
+// parameters are named `<module>.lora_A.weight` as in diffusers' LoRA files.
+struct LoraAdapter {
+    torch::nn::Linear lora_A{nullptr};  // [r, in], no bias
+    torch::nn::Linear lora_B{nullptr};  // [out, r], no bias
+    double scale = 1.0;
+};
+
+// base(x) plus every adapter's term.
+torch::Tensor linear_with_lora(const torch::nn::Linear& base,
+                               const std::vector<LoraAdapter>& adapters, const torch::Tensor& x);
 
 struct AttentionOptions {
     int64_t query_dim;
@@ -47,6 +64,10 @@ struct AttentionImpl : torch::nn::Module {
     torch::nn::Linear to_k{nullptr};        // [h*d, Dc]
     torch::nn::Linear to_v{nullptr};        // [h*d, Dc]
     torch::nn::ModuleList to_out{nullptr};  // 0: Linear [D, h*d]; 1: Dropout (no weights)
+    // LoRA adapters of to_q, to_k, to_v, to_out.0 (index kLoraQ..kLoraOut); usually none.
+    enum LoraSlot { kLoraQ = 0, kLoraK, kLoraV, kLoraOut };
+    std::array<std::vector<LoraAdapter>, 4> lora;
+    torch::nn::Linear projection(int slot) const;  // to_q, to_k, to_v or to_out.0
 };
 TORCH_MODULE(Attention);
 

@@ -11,6 +11,7 @@
 #include "io/file_util.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
+#include "models/lora.h"
 #include "models/weights.h"
 #include "pipeline/model_dir.h"
 #include "training/data_parallel.h"
@@ -65,15 +66,16 @@ void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tens
 std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DConditionModel& unet,
                             const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
-                            std::optional<int64_t> total_limit) {
+                            std::optional<int64_t> total_limit, bool lora) {
     const std::string step = std::to_string(state.global_step);
     const std::string name = "checkpoint-" + step;
     const auto previous    = list_checkpoints(out.path());
     const std::string last = previous.empty() ? "none" : previous.back().second;
     // A user's work is never replaced by NaN: check before anything is written.
     std::vector<std::pair<std::string, torch::Tensor>> weights;
-    for (const auto& p : unet->named_parameters()) weights.emplace_back(p.key(), p.value());
-    check_finite(weights, "step " + step + ": the UNet weights");
+    const auto trained = lora ? models::lora_parameters(unet) : unet->named_parameters();
+    for (const auto& p : trained) weights.emplace_back(p.key(), p.value());
+    check_finite(weights, "step " + step + (lora ? ": the LoRA weights" : ": the UNet weights"));
     if (ema) {
         const auto shadow = ema->shadow_map();
         check_finite({shadow.begin(), shadow.end()}, "step " + step + ": the EMA weights");
@@ -84,7 +86,11 @@ std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DCondition
     try {
         fs::remove_all(tmp);
         fs::create_directories(tmp);
-        pipeline::save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
+        if (lora)  // as the LoRA script's save_model_hook: save_lora_weights
+            io::save_safetensors(tmp + "/" + kLoraWeightsName,
+                                 models::lora_state_dict_for_saving(trained));
+        else
+            pipeline::save_unet_folder(tmp + "/unet", *unet, unet->config.raw);
         if (ema) {
             const auto shadow = ema->shadow_map();
             pipeline::save_unet_folder(tmp + "/unet_ema", *unet, unet->config.raw, &shadow,
@@ -246,7 +252,7 @@ int64_t convert_loader_batch(int64_t batch, int64_t saved_world, int64_t saved_b
 
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
                              EMAModel* ema, AdamW& optimizer, at::Generator& generator,
-                             const OptimizerStateFilter& optimizer_filter) {
+                             const OptimizerStateFilter& optimizer_filter, bool lora) {
     const std::string state_file = path + "/training_state.json";
     if (!io::file_exists(state_file))
         throw std::runtime_error("checkpoint '" + path +
@@ -254,8 +260,13 @@ TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionMod
                                  "written by t2i or is incomplete");
     TrainerState state = read_trainer_state(state_file);
 
-    models::load_weights(*unet, {path + "/unet/diffusion_pytorch_model.safetensors"},
-                         "checkpoint unet");
+    if (lora) {
+        auto params = models::lora_parameters(unet);
+        models::load_lora_parameters(params, path + "/" + kLoraWeightsName);
+    } else {
+        models::load_weights(*unet, {path + "/unet/diffusion_pytorch_model.safetensors"},
+                             "checkpoint unet");
+    }
     if (ema) {
         const std::string ema_dir = path + "/unet_ema";
         if (!io::dir_exists(ema_dir))
@@ -342,7 +353,7 @@ int64_t resume_training(const TrainConfig& c, DataParallel& dp, const TrainingSt
         return 0;
     }
     const auto state = load_checkpoint(*path, t.unet, t.ema, t.optimizer, t.generator,
-                                       dp.optimizer_state_filter());
+                                       dp.optimizer_state_filter(), c.lora);
     t.schedule.load_state(state.lr_schedule);
     if (state.extra.contains("grad_scaler") && !state.extra["grad_scaler"].empty())
         t.scaler.load_state_dict(state.extra["grad_scaler"]);
@@ -385,7 +396,7 @@ std::string save_training_state(const TrainConfig& c, DataParallel& dp, io::Outp
                      {"train_batch_size", c.train_batch_size}};
     s.config      = c.to_json();
     return save_checkpoint(*out, t.unet, t.ema, optimizer_state, t.generator, s,
-                           c.checkpoints_total_limit);
+                           c.checkpoints_total_limit, c.lora);
 }
 
 }  // namespace t2i::training

@@ -49,12 +49,16 @@ struct TrainerState {
 // is set aside (quarantine_checkpoint) and the previous one, still there, stays `latest`.
 // Refuses, before writing anything, weights (UNet or EMA) that hold NaN or infinity. A failed
 // save removes its temporary folder and throws naming the last complete checkpoint. Returns
-// the path.
+// the path. `lora`: the checkpoint holds the UNet's LoRA parameters as
+// pytorch_lora_weights.safetensors (diffusers' layout) instead of unet/.
 // `optimizer_state`: AdamW::state_dict() (or, under ZeRO-1, the shards merged on rank 0).
 std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DConditionModel& unet,
                             const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
-                            std::optional<int64_t> total_limit);
+                            std::optional<int64_t> total_limit, bool lora = false);
+
+// The LoRA weights file of `t2i train-lora`'s checkpoints and output, as the LoRA script names it.
+inline constexpr const char* kLoraWeightsName = "pytorch_lora_weights.safetensors";
 
 // Deletes the oldest checkpoint-N folders t2i wrote in `out` until `keep` remain.
 void prune_checkpoints(io::OutputFolder& out, int64_t keep);
@@ -102,7 +106,7 @@ TrainerState read_trainer_state(const std::string& file);
 // Restores weights, EMA, optimizer, generator; returns the trainer state.
 TrainerState load_checkpoint(const std::string& path, models::UNet2DConditionModel& unet,
                              EMAModel* ema, AdamW& optimizer, at::Generator& generator,
-                             const OptimizerStateFilter& optimizer_filter = {});
+                             const OptimizerStateFilter& optimizer_filter = {}, bool lora = false);
 
 class DataParallel;  // training/data_parallel.h
 

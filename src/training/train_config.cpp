@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <stdexcept>
 #include <type_traits>
 
@@ -151,16 +152,45 @@ void TrainConfig::validate() const {
             "nccl moves CUDA tensors only; give --device cuda, or use gloo on the CPU");
     require_range("ddp_timeout", ddp_timeout, 1e-3, 1e7);
     require_range("ddp_bucket_cap_mb", ddp_bucket_cap_mb, 1e-3, 1e5);
+    if (lora) {
+        require_range("rank", double(rank), 1, 1 << 16);
+        require_range("num_validation_images", double(num_validation_images), 1, 1000);
+    }
     if (zero_stage != 0 && zero_stage != 1)
         bad("zero_stage",
             "must be 0 (off) or 1 (sharded optimizer state); stages 2 and 3 are "
             "not implemented");
 }
 
+bool flag_in_command(const std::string& name, bool lora) {
+    static const std::set<std::string> full_only{"use_ema",
+                                                 "offload_ema",
+                                                 "foreach_ema",
+                                                 "non_ema_revision",
+                                                 "dream_training",
+                                                 "dream_detail_preservation",
+                                                 "input_perturbation",
+                                                 "tracker_project_name",
+                                                 "validation_prompts"};
+    static const std::set<std::string> lora_only{"rank", "validation_prompt",
+                                                 "num_validation_images"};
+    return lora ? !full_only.count(name) : !lora_only.count(name);
+}
+
+TrainConfig TrainConfig::lora_defaults() {
+    TrainConfig c;
+    c.lora                 = true;
+    c.output_dir           = "sd-model-finetuned-lora";
+    c.validation_epochs    = 1;
+    c.tracker_project_name = "text2image-fine-tune";  // the LoRA script's init_trackers name
+    return c;
+}
+
 nlohmann::json TrainConfig::to_json() const {
     nlohmann::json out = nlohmann::json::object();
     visit_flags(*this, [&](const auto& field, const char* name, const char*) {
         using T = std::decay_t<decltype(field)>;
+        if (!flag_in_command(name, lora)) return;
         if constexpr (is_optional<T>::value) {
             out[name] = field ? nlohmann::json(*field) : nlohmann::json();
         } else {

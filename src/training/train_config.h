@@ -79,7 +79,12 @@ struct TrainConfig {
     // Validation
     std::vector<std::string> validation_prompts;
     int64_t validation_epochs = 5;
-    int64_t validation_steps  = 0;  // t2i: 0 = off
+    // train_text_to_image_lora.py (`t2i train-lora`; `lora` is the command, not a flag)
+    bool lora    = false;
+    int64_t rank = 4;
+    std::optional<std::string> validation_prompt;
+    int64_t num_validation_images = 4;
+    int64_t validation_steps      = 0;  // t2i: 0 = off
     // Logging / Hub
     std::string report_to            = "tensorboard";
     std::string logging_dir          = "logs";
@@ -110,9 +115,16 @@ struct TrainConfig {
     // Rejects bad values and impossible combinations before any work starts; each message names
     // the flag, the accepted values and what was given.
     void validate() const;
+    // `t2i train-lora`: the LoRA script's defaults (output_dir, validation_epochs).
+    static TrainConfig lora_defaults();
     // Every flag with its effective value (the saved train_config.json).
     nlohmann::json to_json() const;
 };
+
+// Whether flag `name` belongs to `t2i train` (lora false) or `t2i train-lora` (lora true): the
+// LoRA script has no EMA, DREAM, input perturbation, tracker name or --validation_prompts, and
+// adds --rank, --validation_prompt and --num_validation_images.
+bool flag_in_command(const std::string& name, bool lora);
 
 // Calls `visit(field, name, help)` for every flag in declaration order. `field` is a reference to
 // the member: std::string, int64_t, double, bool (switch), std::optional<...> or
@@ -208,6 +220,11 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.validation_epochs, "validation_epochs", "Validate every N epochs.");
     v(c.validation_steps, "validation_steps",
       "t2i: also validate every N optimizer steps (0 = only per --validation_epochs).");
+    v(c.validation_prompt, "validation_prompt",
+      "train-lora: the prompt of the validation images (--num_validation_images of it).");
+    v(c.num_validation_images, "num_validation_images",
+      "train-lora: validation images of --validation_prompt, one generator in sequence.");
+    v(c.rank, "rank", "train-lora: the dimension r of the LoRA update matrices (lora_alpha = r).");
     // Logging / Hub
     v(c.report_to, "report_to", "tensorboard, jsonl or none (wandb / comet_ml need the network).");
     v(c.logging_dir, "logging_dir", "Log folder, relative to --output_dir.");

@@ -124,7 +124,7 @@ std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParal
                                   c.resume_from_checkpoint.has_value(),
                                   {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
                                    "scheduler", "train_config.json", "validation", logs_entry,
-                                   cache_to_disk ? "cache" : logs_entry});
+                                   kLoraWeightsName, cache_to_disk ? "cache" : logs_entry});
             for (const auto& name :
                  {std::string("train_config.json"), logs_entry, std::string("validation")})
                 out->claim(name);
@@ -155,6 +155,9 @@ TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& fo
     // vae_s); the same values up to float rounding (tests/test_vae.cpp).
     if (device.is_cpu()) models::to_channels_last(*m.vae);
     m.unet = load_trainable_unet(folder.unet_dir, c, device);
+    // train-lora: the base UNet is frozen in the weight dtype, as the LoRA script casts it;
+    // the LoRA parameters added later stay fp32 (the script keeps them fp32 only for fp16).
+    if (c.lora) m.unet->to(m.weight_dtype);
     pipeline::check_components_fit(m.unet->config, m.vae->config, m.text_encoder->config(),
                                    tokenizer, folder.base);
     m.unet->train();

@@ -18,6 +18,7 @@
 
 #include "data/loader.h"
 #include "io/json_config.h"
+#include "models/lora.h"
 #include "pipeline/model_dir.h"
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
@@ -69,6 +70,26 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
     auto sched               = scheduler_config.json();
     sched["prediction_type"] = prediction_type;
     pipeline::save_pipeline_folder(out, base, unet, sched, c.variant.value_or(""));
+}
+
+// The LoRA script's output: StableDiffusionPipeline.save_lora_weights(output_dir,
+// unet_lora_layers) = OUT/pytorch_lora_weights.safetensors, fp32, keys "unet.<module>.lora_A.
+// weight" / "lora_B.weight". Never NaN.
+void save_lora_weights(io::OutputFolder& out,
+                       const torch::OrderedDict<std::string, torch::Tensor>& params) {
+    std::vector<std::pair<std::string, torch::Tensor>> weights;
+    for (const auto& p : params) weights.emplace_back(p.key(), p.value());
+    check_finite(weights, "the trained LoRA");
+    out.claim(kLoraWeightsName);
+    io::save_safetensors(out.file(kLoraWeightsName), models::lora_state_dict_for_saving(params));
+}
+
+// train-lora: rank-r LoRA on the UNet's attention projections (models/lora.h), initialized from
+// the run's seed (its own stream, apart from the training draws).
+torch::OrderedDict<std::string, torch::Tensor> add_lora(const TrainConfig& c,
+                                                        TrainingModels& models, uint64_t seed) {
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(data::mix_seed(seed, 0x4c6f5241));
+    return models::add_trainable_lora(models.unet, c.rank, generator);
 }
 
 // What every optimizer step works with, set up once by train(): the models, the optimization
@@ -265,8 +286,9 @@ TrainResult train(const TrainConfig& c) {
 
     // 3. Step accounting as the script; 4. optimizer, LR schedule, EMA, grad scaler, generator.
     const StepPlan plan = plan_steps(c, loader.batches_per_epoch(), dp.world_size());
-    const auto params   = models.unet->named_parameters();
-    auto opt            = make_optimization(c, dp, params, plan, models.weight_dtype, seed);
+    // train-lora: the UNet frozen, rank-r adapters on its attention projections are what trains.
+    const auto params = c.lora ? add_lora(c, models, seed) : models.unet->named_parameters();
+    auto opt          = make_optimization(c, dp, params, plan, models.weight_dtype, seed);
     const TrainingState state{models.unet,   opt.ema.get(), *opt.optimizer, opt.generator,
                               *opt.schedule, *opt.scaler,   loader};
 
@@ -348,7 +370,11 @@ TrainResult train(const TrainConfig& c) {
     divergence.finish(/*stopping=*/false);  // throws after a non-finite last step
     if (!dp.is_main()) return TrainResult::kFinished;
     if (opt.ema) opt.ema->copy_to(step.params);
-    save_final_model(c, *out, model_folder, models.unet, scheduler_config, models.prediction_type);
+    if (c.lora)
+        save_lora_weights(*out, step.params);
+    else
+        save_final_model(c, *out, model_folder, models.unet, scheduler_config,
+                         models.prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
     return TrainResult::kFinished;
 }

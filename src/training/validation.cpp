@@ -47,7 +47,7 @@ torch::Tensor log_validation(const TrainConfig& c, pipeline::StableDiffusionPipe
     for (size_t i = 0; i < c.validation_prompts.size(); ++i) {
         pipeline::GenerateOptions o;
         o.prompts             = {c.validation_prompts[i]};
-        o.num_inference_steps = 20;
+        o.num_inference_steps = c.lora ? 30 : 20;  // the LoRA script's log_validation: 30
         o.generator           = &generator;
         AutocastGuard autocast(unet->parameters().front().device(), autocast_dtype);
         auto image = pipe(o, *scheduler).images[0];  // [H, W, 3]
