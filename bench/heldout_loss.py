@@ -2,7 +2,10 @@
 t2i trained): the mean epsilon-MSE of the UNet over every image of an imagefolder (center crop,
 no flip) at 10 fixed timesteps (50, 150, ..., 950) with fixed noise, fp32, on the CPU.
 
-    python3 bench/heldout_loss.py --model DIR --data DIR --resolution 64
+    python3 bench/heldout_loss.py --model DIR --data DIR --resolution 64 [--lora DIR_OR_FILE]
+
+--lora: the UNet with a LoRA loaded as diffusers' StableDiffusionPipeline.load_lora_weights does
+(t2i train-lora's or diffusers' train_text_to_image_lora.py's output; needs peft).
 
 Prints one JSON line {"heldout_loss": ...}. Not part of t2i (t2i runs no Python).
 """
@@ -24,6 +27,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lora", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     sched = DDPMScheduler.from_pretrained(a.model, subfolder="scheduler")
@@ -31,6 +35,13 @@ def main():
     te = CLIPTextModel.from_pretrained(a.model, subfolder="text_encoder").eval()
     vae = AutoencoderKL.from_pretrained(a.model, subfolder="vae").eval()
     unet = UNet2DConditionModel.from_pretrained(a.model, subfolder="unet").eval()
+    if a.lora:
+        from diffusers import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.load_lora_weights(a.lora, weight_name="pytorch_lora_weights.safetensors"
+                               if os.path.isdir(a.lora) else None)
     tf = transforms.Compose([
         transforms.Resize(a.resolution, interpolation=transforms.InterpolationMode.LANCZOS),
         transforms.CenterCrop(a.resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])

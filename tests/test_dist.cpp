@@ -22,6 +22,7 @@
 #include "data/loader.h"
 #include "dist/process_group.h"
 #include "dist/zero.h"
+#include "io/file_util.h"
 #include "io/json_config.h"
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -327,12 +328,13 @@ std::vector<std::string> train_args(const std::string& data, const std::string& 
             "--adam_epsilon", "1e-3"};
 }
 
-testing::RunResult train(int nproc, std::vector<std::string> args) {
-    std::vector<std::string> cmd = {"train"};
+testing::RunResult train(int nproc, std::vector<std::string> args,
+                         const std::string& command = "train") {
+    std::vector<std::string> cmd = {command};
     if (nproc > 1)
         cmd = {"launch",        "--nproc_per_node",          std::to_string(nproc),
                "--master_port", std::to_string(free_port()), "--",
-               "train"};
+               command};
     cmd.insert(cmd.end(), args.begin(), args.end());
     return run_t2i(cmd);
 }
@@ -439,6 +441,35 @@ TEST(DataParallel, TwoRanksTrainLikeOneRankWithTheirCombinedBatch) {
         EXPECT_NE(r2.out.find("x 2 process(es)"), std::string::npos) << r2.out;
         expect_same_training(one, two, v.name);
     }
+}
+
+// train-lora over two processes (ZeRO-1, gradient checkpointing): the same LoRA as one process
+// with the combined batch, and the frozen UNet is not written.
+TEST(DataParallel, TwoRanksTrainALoraLikeOneRank) {
+    TempDir dir;
+    const auto data       = testing::make_image_dataset(dir, 8);
+    const std::string one = dir.file("one"), two = dir.file("two");
+    const std::vector<std::string> extra{"--rank", "2", "--zero_stage", "1",
+                                         "--gradient_checkpointing"};
+    auto a1 = train_args(data, one, 4, 3), a2 = train_args(data, two, 2, 3);
+    a1.insert(a1.end(), extra.begin(), extra.end());
+    a2.insert(a2.end(), extra.begin(), extra.end());
+    const auto r1 = train(1, a1, "train-lora");
+    ASSERT_EQ(r1.code, 0) << r1.out;
+    const auto r2 = train(2, a2, "train-lora");
+    ASSERT_EQ(r2.code, 0) << r2.out;
+    EXPECT_NE(r2.out.find("x 2 process(es)"), std::string::npos) << r2.out;
+    const auto wa = io::load_safetensors(one + "/pytorch_lora_weights.safetensors");
+    const auto wb = io::load_safetensors(two + "/pytorch_lora_weights.safetensors");
+    ASSERT_EQ(wa.size(), wb.size());
+    double moved = 0;
+    for (const auto& [k, v] : wa) {
+        EXPECT_TRUE(testing::allclose(wb.at(k), v, 2e-6, 1e-5)) << k;
+        if (k.find("lora_B") != std::string::npos)
+            moved = std::max(moved, v.abs().max().item<double>());
+    }
+    EXPECT_GT(moved, 1e-4) << "the LoRA did not train";
+    EXPECT_FALSE(io::dir_exists(two + "/unet"));
 }
 
 TEST(DataParallel, CheckpointsResumeOnAnotherNumberOfProcesses) {
