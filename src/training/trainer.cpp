@@ -19,6 +19,7 @@
 #include "data/loader.h"
 #include "io/json_config.h"
 #include "pipeline/model_dir.h"
+#include "pipeline/single_file.h"
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
 #include "training/divergence.h"
@@ -240,7 +241,8 @@ TrainResult train(const TrainConfig& c) {
     const torch::Device device = setup_threads_and_device(c, world);
     const uint64_t seed0       = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
-    const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path);
+    const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path, "",
+                                                              c.single_file_config.value_or(""));
     const auto scheduler_config = model_folder.scheduler_config();
     DataParallel dp(c, world, device);            // one process, or the torchrun world
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
@@ -350,6 +352,13 @@ TrainResult train(const TrainConfig& c) {
     if (opt.ema) opt.ema->copy_to(step.params);
     save_final_model(c, *out, model_folder, models.unet, scheduler_config, models.prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
+    if (c.save_single_file) {  // converted from the folder just written, so the two agree
+        const std::string name = single_file_name(c);
+        out->claim(name);
+        pipeline::save_single_file(pipeline::ModelFolder::open(out->path()), out->file(name),
+                                   /*half=*/false);
+        log_info("saved the model as one file to %s", out->file(name).c_str());
+    }
     return TrainResult::kFinished;
 }
 
