@@ -332,6 +332,7 @@ TEST(TrainLora, InterruptedAndResumedEqualsStraightRunBitForBitAndOnlyTheLoraIsW
     c.checkpointing_steps         = 100;
     auto straight                 = c;
     straight.output_dir           = dir.file("straight");
+    straight.save_single_file     = true;  // also the kohya layout, straight/straight.safetensors
     ASSERT_EQ(training::train(straight), training::TrainResult::kFinished);
     auto first             = c;
     first.output_dir       = dir.file("resumed");
@@ -362,6 +363,52 @@ TEST(TrainLora, InterruptedAndResumedEqualsStraightRunBitForBitAndOnlyTheLoraIsW
               0.f);
     EXPECT_FALSE(io::file_exists(straight.output_dir + "/model_index.json"));
     EXPECT_FALSE(io::dir_exists(straight.output_dir + "/unet"));
+    const auto kohya = io::load_safetensors(straight.output_dir + "/straight.safetensors");
+    ASSERT_EQ(kohya.size(), a.size() / 2 * 3);  // down, up, alpha per module
+    const std::string k = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v";
+    EXPECT_TRUE(torch::equal(
+        kohya.at(k + ".lora_up.weight"),
+        a.at("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight")));
+    EXPECT_EQ(kohya.at(k + ".alpha").item<float>(), 4.f);  // lora_alpha = rank
+}
+
+// t2i convert --lora_path: diffusers -> kohya with the names diffusers' convert_state_dict_to_kohya
+// gives, and back (kohya names resolved against --model_path) to the same tensors.
+TEST(TrainLora, ConvertsALoraToKohyaAndBack) {
+    TempDir dir;
+    torch::manual_seed(4);
+    const std::string q = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0";
+    const io::TensorMap peft{{"unet." + q + ".lora_A.weight", torch::randn({2, 64})},
+                             {"unet." + q + ".lora_B.weight", torch::randn({64, 2})}};
+    io::save_safetensors(dir.file("peft.safetensors"), peft);
+    auto r = testing::run_t2i({"convert", "--lora_path", dir.file("peft.safetensors"),
+                               "--dump_path", dir.file("kohya.safetensors")});
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto kohya = io::load_safetensors(dir.file("kohya.safetensors"));
+    const std::string k =
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0";
+    ASSERT_EQ(kohya.size(), 3u);
+    EXPECT_TRUE(
+        torch::equal(kohya.at(k + ".lora_down.weight"), peft.at("unet." + q + ".lora_A.weight")));
+    EXPECT_TRUE(
+        torch::equal(kohya.at(k + ".lora_up.weight"), peft.at("unet." + q + ".lora_B.weight")));
+    EXPECT_EQ(kohya.at(k + ".alpha").item<float>(), 2.f);
+    // Back: without the model the kohya names cannot be resolved; with it, the same tensors.
+    r = testing::run_t2i({"convert", "--lora_path", dir.file("kohya.safetensors"), "--dump_path",
+                          dir.file("back.safetensors")});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--model_path"), std::string::npos) << r.out;
+    r = testing::run_t2i({"convert", "--lora_path", dir.file("kohya.safetensors"), "--dump_path",
+                          dir.file("back.safetensors"), "--model_path", fixture("tiny-sd1")});
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto back = io::load_safetensors(dir.file("back.safetensors"));
+    ASSERT_EQ(back.size(), peft.size());
+    for (const auto& [key, v] : peft) EXPECT_TRUE(torch::equal(back.at(key), v)) << key;
+    // An existing file is never replaced.
+    r = testing::run_t2i({"convert", "--lora_path", dir.file("peft.safetensors"), "--dump_path",
+                          dir.file("kohya.safetensors")});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("exists"), std::string::npos) << r.out;
 }
 
 TEST(TrainLora, CommandTakesTheLoraScriptsFlagsOnly) {

@@ -1,5 +1,6 @@
 // Implements: `t2i generate` (CLI.md): flags -> a StableDiffusionPipeline over a diffusers folder,
-// a t2i training output or a checkpoint-N folder -> PNG files (and optionally the latents).
+// a t2i training output, a checkpoint-N folder or a single original-layout .safetensors file ->
+// PNG files (and optionally the latents).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,7 +27,7 @@ namespace t2i::cli {
 namespace {
 
 struct GenerateFlags {
-    std::string model, base_model, prompt_file, scheduler, variant, output;
+    std::string model, base_model, config, prompt_file, scheduler, variant, output;
     std::string seed, save_latents, device = "cpu", torch_dtype = "fp32";
     std::vector<std::string> prompt, negative_prompt, lora;
     bool fuse_lora              = false;
@@ -131,9 +132,14 @@ int generate_command(const std::vector<std::string>& args) {
     GenerateFlags f;
     ArgParser p("t2i generate --model DIR --prompt TEXT [--prompt ...] --output FILE.png|DIR",
                 "Generate images as diffusers' StableDiffusionPipeline does.");
-    p.add(f.model, "model", "A diffusers folder, a t2i training output, or a checkpoint-N folder.");
+    p.add(f.model, "model",
+          "A diffusers folder, a t2i training output, a checkpoint-N folder, or one "
+          "original-layout SD 1.x / 2.x .safetensors file.");
     p.add(f.base_model, "base_model",
           "Folder with the other components when --model is a checkpoint.");
+    p.add(f.config, "config",
+          "With a single-file --model: a diffusers folder of the same model family whose "
+          "configs, tokenizer and scheduler are used (diffusers' from_single_file config=).");
     p.add(f.prompt, "prompt", "Prompt(s); repeat the flag or give several values.");
     p.add(f.prompt_file, "prompt_file", "File with one prompt per line.");
     p.add(f.negative_prompt, "negative_prompt", "Negative prompt (one, or one per prompt).");
@@ -197,7 +203,7 @@ int generate_command(const std::vector<std::string>& args) {
             throw UsageError("--seed: expected an integer 0 .. 2^64-1, got '" + f.seed + "'");
     }
     // Where the outputs go, checked before any work.
-    const std::vector<std::string> model_dirs = {f.model, f.base_model};
+    const std::vector<std::string> model_dirs = {f.model, f.base_model, f.config};
     const int64_t n_images = static_cast<int64_t>(f.prompt.size()) * f.num_images_per_prompt;
     const bool is_png      = f.output.size() > 4 && f.output.substr(f.output.size() - 4) == ".png";
     if (is_png && n_images > 1)
@@ -233,7 +239,7 @@ int generate_command(const std::vector<std::string>& args) {
     // The model (pipeline/model_dir): a pipeline folder, or a checkpoint and --base_model.
     const auto folder = [&] {
         try {
-            return pipeline::ModelFolder::open(f.model, f.base_model);
+            return pipeline::ModelFolder::open(f.model, f.base_model, f.config);
         } catch (const std::invalid_argument& e) {
             throw UsageError(e.what());
         }
@@ -242,10 +248,10 @@ int generate_command(const std::vector<std::string>& args) {
         log_info("using %s/%s", f.model.c_str(),
                  folder.ema ? "unet_ema (the EMA weights)" : "unet");
     lo.variant        = f.variant;
-    auto unet         = pipeline::load_unet(folder.unet_dir, lo);
-    auto vae          = pipeline::load_vae(folder.component("vae"), lo);
-    auto text_encoder = pipeline::load_text_encoder(folder.component("text_encoder"), lo);
-    auto tokenizer    = folder.tokenizer();
+    auto tokenizer    = folder.tokenizer();  // a single file without --config fails here, early
+    auto unet         = folder.load_unet(lo);
+    auto vae          = folder.load_vae(lo);
+    auto text_encoder = folder.load_text_encoder(lo);
     pipeline::check_components_fit(unet->config, vae->config, text_encoder->config(), tokenizer,
                                    f.model);
     for (const auto& spec : f.lora) apply_lora_flag(spec, f.fuse_lora, unet, text_encoder);

@@ -29,6 +29,8 @@ const Command kCommands[] = {
      "Train a LoRA as diffusers' train_text_to_image_lora.py (pytorch_lora_weights.safetensors)."},
     {"generate", t2i::cli::generate_command,
      "Generate images from a model folder as diffusers' StableDiffusionPipeline does."},
+    {"convert", t2i::cli::convert_command,
+     "Convert between a diffusers folder and one original-layout (LDM) .safetensors file."},
     {"init-model", t2i::cli::init_model_command,
      "Write a freshly initialized SD model folder in diffusers layout (tiny, small, sd15)."},
     {"launch", t2i::cli::launch_command,

@@ -80,6 +80,24 @@ torch::OrderedDict<std::string, torch::Tensor> lora_parameters(const UNet2DCondi
     return out;
 }
 
+LoraFile lora_file_from_parameters(const torch::OrderedDict<std::string, torch::Tensor>& params) {
+    LoraFile out;
+    out.format = "diffusers";
+    for (const auto& p : params) {
+        const auto at = p.key().find(".lora_A.weight");
+        if (at == std::string::npos) continue;
+        const auto module = p.key().substr(0, at);
+        LoraModule m;
+        m.component = "unet";
+        m.module    = module;
+        m.down      = p.value().detach();
+        m.up        = params[module + ".lora_B.weight"].detach();
+        m.key       = p.key();
+        out.modules.push_back(std::move(m));
+    }
+    return out;
+}
+
 io::TensorMap lora_state_dict_for_saving(
     const torch::OrderedDict<std::string, torch::Tensor>& params) {
     io::TensorMap out;

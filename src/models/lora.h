@@ -79,10 +79,17 @@ struct LoraFile {
 LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
                         const torch::nn::Module* text_encoder);
 
+// The LoRA parameters of a run (add_trainable_lora's names) as a LoraFile of the UNet, scale 1.
+LoraFile lora_file_from_parameters(const torch::OrderedDict<std::string, torch::Tensor>& params);
+
 // The same LoRA in kohya / A1111 layout (what ComfyUI and A1111 load): "lora_unet_<module>.
 // lora_down.weight", ".lora_up.weight" and ".alpha" (= alpha_scale x r, F32), as diffusers'
 // convert_state_dict_to_kohya names them.
 io::TensorMap to_kohya(const LoraFile& lora);
+
+// The same LoRA in diffusers / PEFT layout ("unet.<module>.lora_A.weight", "text_encoder.
+// ..."), alpha_scale folded into lora_B (the layout has no alpha), so the delta is unchanged.
+io::TensorMap to_diffusers(const LoraFile& lora);
 
 // delta W of one module in fp32, shaped like `weight`; throws naming the file key when the
 // shapes do not fit `weight` [out, in] or [out, in, kh, kw].

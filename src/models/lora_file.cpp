@@ -226,3 +226,20 @@ io::TensorMap to_kohya(const LoraFile& lora) {
 }
 
 }  // namespace t2i::models
+
+namespace t2i::models {
+
+io::TensorMap to_diffusers(const LoraFile& lora) {
+    io::TensorMap out;
+    for (const auto& m : lora.modules) {
+        const std::string stem       = m.component + "." + m.module;
+        out[stem + ".lora_A.weight"] = m.down;
+        out[stem + ".lora_B.weight"] =
+            m.alpha_scale == 1.0
+                ? m.up
+                : (m.up.to(torch::kFloat32) * m.alpha_scale).to(m.up.scalar_type());
+    }
+    return out;
+}
+
+}  // namespace t2i::models

@@ -9,6 +9,7 @@
 
 #include "io/file_util.h"
 #include "models/weights.h"
+#include "pipeline/single_file.h"
 #include "util/log.h"
 
 namespace t2i::pipeline {
@@ -37,8 +38,12 @@ void check_model_dir(const std::string& path) {
 
 ModelIndex read_model_index(const std::string& model_dir) {
     check_model_dir(model_dir);
+    return parse_model_index(io::read_json(model_dir + "/model_index.json"), model_dir);
+}
+
+ModelIndex parse_model_index(const io::JsonConfig& raw, const std::string& model_dir) {
     ModelIndex index;
-    index.raw        = io::read_json(model_dir + "/model_index.json");
+    index.raw        = raw;
     index.class_name = index.raw.get<std::string>("_class_name", "");
     for (const auto& [key, value] : index.raw.json().items()) {
         if (key.empty() || key[0] == '_') continue;
@@ -206,8 +211,23 @@ models::CLIPTextModel load_text_encoder(const std::string& dir, const LoadOption
                                                                          "text_encoder", options);
 }
 
-ModelFolder ModelFolder::open(const std::string& model, const std::string& base_model) {
+ModelFolder ModelFolder::open(const std::string& model, const std::string& base_model,
+                              const std::string& config_dir) {
     ModelFolder f;
+    if (is_single_file(model)) {  // throws for a pickle
+        if (!base_model.empty())
+            throw std::invalid_argument("--base_model is for a checkpoint-N folder; '" + model +
+                                        "' is a single file (its other components come from "
+                                        "--config DIR)");
+        f.single_file = SingleFile::open(model, config_dir);
+        f.base        = model;
+        f.index       = parse_model_index(
+                  io::JsonConfig(f.single_file->configs().model_index, model + " (model index)"), model);
+        return f;
+    }
+    if (!config_dir.empty())
+        throw std::invalid_argument("--config is for a single .safetensors file; '" + model +
+                                    "' is a model folder and has its own configs");
     if (!io::file_exists(model + "/model_index.json") && io::dir_exists(model + "/unet")) {
         // A checkpoint-N folder: UNet only.
         if (base_model.empty())
@@ -229,11 +249,28 @@ ModelFolder ModelFolder::open(const std::string& model, const std::string& base_
     return f;
 }
 
+models::UNet2DConditionModel ModelFolder::load_unet(const LoadOptions& options) const {
+    return single_file ? single_file->load_unet(options) : pipeline::load_unet(unet_dir, options);
+}
+
+models::AutoencoderKL ModelFolder::load_vae(const LoadOptions& options) const {
+    return single_file ? single_file->load_vae(options)
+                       : pipeline::load_vae(component("vae"), options);
+}
+
+models::CLIPTextModel ModelFolder::load_text_encoder(const LoadOptions& options) const {
+    return single_file ? single_file->load_text_encoder(options)
+                       : pipeline::load_text_encoder(component("text_encoder"), options);
+}
+
 tokenizer::CLIPTokenizer ModelFolder::tokenizer() const {
+    if (single_file) return single_file->tokenizer();
     return tokenizer::CLIPTokenizer::from_pretrained(component("tokenizer"));
 }
 
 io::JsonConfig ModelFolder::scheduler_config() const {
+    if (single_file)
+        return io::JsonConfig(single_file->configs().scheduler, base + " (scheduler config)");
     return io::read_json(component("scheduler") + "/scheduler_config.json");
 }
 
@@ -257,10 +294,45 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
     save_component_folder(dir, cfg, unet, "diffusion_pytorch_model.safetensors", weights_override);
 }
 
+namespace {
+
+// The VAE and text encoder of a single file as component folders, and the other components
+// (tokenizer, feature_extractor, ...) of its --config folder copied.
+void write_single_file_components(io::OutputFolder& out, const SingleFile& file,
+                                  const std::string& pid) {
+    const auto tokenizer = file.tokenizer();  // throws without --config, before any write
+    (void)tokenizer;
+    const LoadOptions fp32;
+    auto write = [&](const std::string& name, const nlohmann::json& config,
+                     const torch::nn::Module& module, const std::string& weights_file) {
+        out.claim(name);
+        const std::string tmp = out.file(name + ".tmp-" + pid);
+        fs::remove_all(tmp);
+        save_component_folder(tmp, config, module, weights_file);
+        move_dir_into_place(tmp, out.file(name));
+    };
+    write("vae", file.configs().vae, *file.load_vae(fp32), "diffusion_pytorch_model.safetensors");
+    write("text_encoder", file.configs().text_encoder, *file.load_text_encoder(fp32),
+          "model.safetensors");
+    for (const auto& [name, lib_cls] :
+         parse_model_index(io::JsonConfig(file.configs().model_index, file.path()), file.path())
+             .components) {
+        const std::string src = file.config_dir() + "/" + name;
+        if (name == "unet" || name == "scheduler" || name == "vae" || name == "text_encoder" ||
+            !io::dir_exists(src))
+            continue;
+        out.claim(name);
+        copy_component(src, out.file(name));
+    }
+}
+
+}  // namespace
+
 void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
                           const models::UNet2DConditionModel& unet,
                           const nlohmann::json& scheduler_config, const std::string& variant) {
     const std::string pid = std::to_string(::getpid());
+    if (base.single_file) write_single_file_components(out, *base.single_file, pid);
     for (const auto& [name, lib_cls] : base.index.components) {
         if (name == "unet" || name == "scheduler" || !io::dir_exists(base.component(name)))
             continue;

@@ -4,12 +4,14 @@
 // diffusers / transformers name them (variants, sharded index files), each component built from
 // its config.json with its weights loaded strictly, the scheduler config. Writing: component
 // folders and whole pipeline folders, under temporary names renamed into place, model_index.json
-// last. New formats (single files, LoRA files) plug in here.
+// last. New formats plug in here: a single original-layout .safetensors file
+// (pipeline/single_file.h) opens as a ModelFolder too.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +42,8 @@ struct ModelIndex {
 // Throws naming the file and the entry when model_index.json is not an object or an entry is
 // not null or a [library, class] pair of strings.
 ModelIndex read_model_index(const std::string& model_dir);
+// The same for model_index.json contents read elsewhere; `where` names them in messages.
+ModelIndex parse_model_index(const io::JsonConfig& raw, const std::string& where);
 
 // read_model_index plus what a Stable Diffusion pipeline needs: unet, vae, text_encoder,
 // tokenizer and scheduler entries, each with its subfolder. Throws naming the missing one.
@@ -70,21 +74,34 @@ models::CLIPTextModel load_text_encoder(const std::string& component_dir,
 // Throws a clear error when `path` is not a local diffusers folder (for example a Hub id).
 void check_model_dir(const std::string& path);
 
-// A model to read: where its UNet is and the pipeline folder of everything else.
+class SingleFile;  // pipeline/single_file.h
+
+// A model to read: where its UNet is and the pipeline folder of everything else, or one
+// original-layout checkpoint file.
 struct ModelFolder {
     std::string unet_dir;  // <model>/unet, or a checkpoint's unet_ema/ (preferred) or unet/
     std::string base;      // the pipeline folder: vae/, text_encoder/, tokenizer/, scheduler/
     ModelIndex index;      // base's model_index.json (read_pipeline_index)
     bool checkpoint = false;
     bool ema        = false;  // unet_dir is a checkpoint's unet_ema/
+    // Set when the model is one .safetensors file (then `base` is that file, `unet_dir` empty).
+    std::shared_ptr<const SingleFile> single_file;
 
-    // `model`: a pipeline folder (also a t2i training output), or a checkpoint-N folder whose
+    // `model`: a pipeline folder (also a t2i training output), a checkpoint-N folder whose
     // other components come from `base_model` (without it: std::invalid_argument naming
-    // --base_model). Checks the index of the pipeline folder.
-    static ModelFolder open(const std::string& model, const std::string& base_model = "");
+    // --base_model), or a single .safetensors file in original layout whose configs, tokenizer
+    // and scheduler come from `config_dir` (a diffusers folder; optional, see single_file.h).
+    // Checks the index of the pipeline folder.
+    static ModelFolder open(const std::string& model, const std::string& base_model = "",
+                            const std::string& config_dir = "");
+    // A component's folder; a single file has none (use the loaders below).
     std::string component(const std::string& name) const { return base + "/" + name; }
+    models::UNet2DConditionModel load_unet(const LoadOptions& options) const;
+    models::AutoencoderKL load_vae(const LoadOptions& options) const;
+    models::CLIPTextModel load_text_encoder(const LoadOptions& options) const;
     tokenizer::CLIPTokenizer tokenizer() const;
-    // scheduler/scheduler_config.json, read once by the caller and handed on.
+    // The scheduler config (scheduler/scheduler_config.json, or a single file's), read once by
+    // the caller and handed on.
     io::JsonConfig scheduler_config() const;
 };
 
@@ -101,9 +118,10 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
                       const nlohmann::json& extra_config = nlohmann::json::object());
 
 // A whole pipeline folder in `out`: `unet` and `scheduler_config` as given, every other
-// component of `base` copied unchanged (the `variant` weights under the plain names), each under
-// a temporary name renamed into place, model_index.json (base's) last: its presence means the
-// folder is complete. Only entries `out` lets t2i write are replaced.
+// component of `base` copied unchanged (from a single file: the VAE and text encoder written from
+// it, the tokenizer copied from its --config folder) (the `variant` weights under the plain names),
+// each under a temporary name renamed into place, model_index.json (base's) last: its presence
+// means the folder is complete. Only entries `out` lets t2i write are replaced.
 void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
                           const models::UNet2DConditionModel& unet,
                           const nlohmann::json& scheduler_config, const std::string& variant);

@@ -62,6 +62,10 @@ void TrainConfig::validate() const {
     if (pretrained_model_name_or_path.empty())
         bad("pretrained_model_name_or_path",
             "is required (a local model folder in diffusers layout)");
+    if (single_file_config && std::filesystem::is_directory(pretrained_model_name_or_path))
+        bad("config", "is for a single .safetensors file as --pretrained_model_name_or_path; '" +
+                          pretrained_model_name_or_path +
+                          "' is a model folder with its own configs");
     if (revision) bad("revision", "Hub revisions are not supported." + kOffline);
     if (non_ema_revision) bad("non_ema_revision", "Hub revisions are not supported." + kOffline);
     if (dataset_config_name)

@@ -20,6 +20,7 @@ struct FlagError : std::invalid_argument {
 struct TrainConfig {
     // Model
     std::string pretrained_model_name_or_path;
+    std::optional<std::string> single_file_config;  // --config: a single file's diffusers folder
     std::optional<std::string> revision;
     std::optional<std::string> variant;
     std::optional<std::string> non_ema_revision;
@@ -111,6 +112,7 @@ struct TrainConfig {
     bool cache_text_encoder_outputs         = false;
     bool cache_text_encoder_outputs_to_disk = false;
     bool profile                            = false;  // t2i: per-stage step times
+    bool save_single_file                   = false;  // t2i: also OUTPUT_DIR/<name>.safetensors
 
     // Rejects bad values and impossible combinations before any work starts; each message names
     // the flag, the accepted values and what was given.
@@ -134,7 +136,12 @@ void visit_flags(Config& c, Visitor&& v) {
     // Model
     v(c.pretrained_model_name_or_path, "pretrained_model_name_or_path",
       "Local folder of a model in diffusers layout (model_index.json, unet/, vae/, text_encoder/, "
-      "tokenizer/, scheduler/). Required. Hub ids are not downloaded: t2i works offline.");
+      "tokenizer/, scheduler/), or one original-layout SD 1.x / 2.x .safetensors file (then "
+      "give --config). Required. Hub ids are not downloaded: t2i works offline.");
+    v(c.single_file_config, "config",
+      "t2i: with a single .safetensors file as --pretrained_model_name_or_path, a diffusers "
+      "folder of the same model family (e.g. stable-diffusion-v1-5) whose configs, tokenizer and "
+      "scheduler are used, as diffusers' from_single_file(config=...).");
     v(c.revision, "revision", "Hub revision. Not supported (t2i reads local folders).");
     v(c.variant, "variant",
       "Weight file variant of the model files, e.g. fp16 (*.fp16.safetensors).");
@@ -273,6 +280,12 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.cache_text_encoder_outputs_to_disk, "cache_text_encoder_outputs_to_disk",
       "t2i: --cache_text_encoder_outputs, kept in --output_dir/cache/"
       "text_encoder_outputs.safetensors for the next run and a resume.");
+    v(c.save_single_file, "save_single_file",
+      "t2i: after the final model folder, also write OUTPUT_DIR/<name of OUTPUT_DIR>.safetensors, "
+      "the whole pipeline as one original-layout (LDM) checkpoint in fp32 (as diffusers' "
+      "convert_diffusers_to_original_stable_diffusion.py writes; `t2i convert --half` makes "
+      "an fp16 copy). train-lora: the LoRA in kohya / A1111 layout there, for ComfyUI and "
+      "A1111.");
     v(c.profile, "profile",
       "t2i: where each step's time goes, in metrics.jsonl as \"profile\": data, vae, text, "
       "unet_fwd, bwd, sync, optim, ema, log (the step before) seconds. Waits for the GPU at "

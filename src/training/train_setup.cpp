@@ -2,6 +2,7 @@
 #include "training/train_setup.h"
 
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "io/file_util.h"
@@ -48,16 +49,16 @@ LossConfig loss_config(const TrainConfig& c) {
     return l;
 }
 
-models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const TrainConfig& c,
-                                                 torch::Device device) {
+models::UNet2DConditionModel load_trainable_unet(const pipeline::ModelFolder& folder,
+                                                 const TrainConfig& c, torch::Device device) {
     pipeline::LoadOptions o;
     o.device = device;
     try {
-        return pipeline::load_unet(dir, o);
+        return folder.load_unet(o);
     } catch (const std::exception&) {
-        if (!c.variant) throw;
+        if (!c.variant || folder.single_file) throw;
         o.variant = *c.variant;
-        return pipeline::load_unet(dir, o);
+        return folder.load_unet(o);
     }
 }
 
@@ -107,6 +108,13 @@ data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Dev
     return lc;
 }
 
+std::string single_file_name(const TrainConfig& c) {
+    const fs::path dir = fs::absolute(c.output_dir).lexically_normal();
+    std::string name   = dir.filename().string();
+    if (name.empty()) name = dir.parent_path().filename().string();  // "out/"
+    return (name.empty() ? std::string("model") : name) + ".safetensors";
+}
+
 std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParallel& dp,
                                                  const data::CaptionDataset& dataset) {
     std::unique_ptr<io::OutputFolder> out;
@@ -120,11 +128,14 @@ std::unique_ptr<io::OutputFolder> prepare_output(const TrainConfig& c, DataParal
             // outputs back as data. A record file lists its images; its folder may hold outputs.
             const std::string data_folder =
                 io::dir_exists(dataset.source()) ? dataset.root() : std::string();
+            std::set<std::string> names = {"model_index.json",  "unet",       "vae",
+                                           "text_encoder",      "tokenizer",  "scheduler",
+                                           "train_config.json", "validation", logs_entry};
+            if (cache_to_disk) names.insert("cache");
+            if (c.lora) names.insert(kLoraWeightsName);
+            if (c.save_single_file) names.insert(single_file_name(c));
             out = open_output_dir(c.output_dir, c.pretrained_model_name_or_path, data_folder,
-                                  c.resume_from_checkpoint.has_value(),
-                                  {"model_index.json", "unet", "vae", "text_encoder", "tokenizer",
-                                   "scheduler", "train_config.json", "validation", logs_entry,
-                                   kLoraWeightsName, cache_to_disk ? "cache" : logs_entry});
+                                  c.resume_from_checkpoint.has_value(), names);
             for (const auto& name :
                  {std::string("train_config.json"), logs_entry, std::string("validation")})
                 out->claim(name);
@@ -146,15 +157,15 @@ TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& fo
     frozen.variant = c.variant.value_or("");
     frozen.dtype   = m.weight_dtype;
     frozen.device  = device;
-    m.text_encoder = pipeline::load_text_encoder(folder.component("text_encoder"), frozen);
-    m.vae          = pipeline::load_vae(folder.component("vae"), frozen);
+    m.text_encoder = folder.load_text_encoder(frozen);
+    m.vae          = folder.load_vae(frozen);
     for (auto& p : m.text_encoder->parameters()) p.requires_grad_(false);
     for (auto& p : m.vae->parameters()) p.requires_grad_(false);
     // The frozen VAE's convolutions run at full image resolution, where oneDNN's channels-last
     // CPU kernels are faster (encode of 2 x 256x256 on 2 cores: 88 -> 78 ms, bench_train.sh's
     // vae_s); the same values up to float rounding (tests/test_vae.cpp).
     if (device.is_cpu()) models::to_channels_last(*m.vae);
-    m.unet = load_trainable_unet(folder.unet_dir, c, device);
+    m.unet = load_trainable_unet(folder, c, device);
     // train-lora: the base UNet is frozen in the weight dtype, as the LoRA script casts it;
     // the LoRA parameters added later stay fp32 (the script keeps them fp32 only for fp16).
     if (c.lora) m.unet->to(m.weight_dtype);

@@ -44,10 +44,13 @@ data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed);
 // The flags of the loss (prediction type, noise offset, perturbation, min-SNR, DREAM).
 LossConfig loss_config(const TrainConfig& c);
 
+// --save_single_file's name inside --output_dir: the output folder's name + ".safetensors".
+std::string single_file_name(const TrainConfig& c);
+
 // The trained UNet comes without --variant, as in the script; a folder with only variant files
 // falls back to them.
-models::UNet2DConditionModel load_trainable_unet(const std::string& dir, const TrainConfig& c,
-                                                 torch::Device device);
+models::UNet2DConditionModel load_trainable_unet(const pipeline::ModelFolder& folder,
+                                                 const TrainConfig& c, torch::Device device);
 
 // --num_threads 0: all cores, shared among the processes a launcher started on this machine. One
 // GPU per process: a plain --device cuda means cuda:LOCAL_RANK, as accelerate does.

@@ -20,6 +20,7 @@
 #include "io/json_config.h"
 #include "models/lora.h"
 #include "pipeline/model_dir.h"
+#include "pipeline/single_file.h"
 #include "training/checkpoint.h"
 #include "training/data_parallel.h"
 #include "training/divergence.h"
@@ -75,13 +76,21 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
 // The LoRA script's output: StableDiffusionPipeline.save_lora_weights(output_dir,
 // unet_lora_layers) = OUT/pytorch_lora_weights.safetensors, fp32, keys "unet.<module>.lora_A.
 // weight" / "lora_B.weight". Never NaN.
-void save_lora_weights(io::OutputFolder& out,
+// --save_single_file: also the kohya / A1111 layout (what ComfyUI and A1111 load) as
+// OUT/<name of OUT>.safetensors.
+void save_lora_weights(const TrainConfig& c, io::OutputFolder& out,
                        const torch::OrderedDict<std::string, torch::Tensor>& params) {
     std::vector<std::pair<std::string, torch::Tensor>> weights;
     for (const auto& p : params) weights.emplace_back(p.key(), p.value());
     check_finite(weights, "the trained LoRA");
     out.claim(kLoraWeightsName);
     io::save_safetensors(out.file(kLoraWeightsName), models::lora_state_dict_for_saving(params));
+    if (!c.save_single_file) return;
+    const std::string name = single_file_name(c);
+    out.claim(name);
+    io::save_safetensors(out.file(name),
+                         models::to_kohya(models::lora_file_from_parameters(params)));
+    log_info("saved the LoRA in kohya / A1111 layout to %s", out.file(name).c_str());
 }
 
 // train-lora: rank-r LoRA on the UNet's attention projections (models/lora.h), initialized from
@@ -261,7 +270,8 @@ TrainResult train(const TrainConfig& c) {
     const torch::Device device = setup_threads_and_device(c, world);
     const uint64_t seed0       = c.seed ? static_cast<uint64_t>(*c.seed) : std::random_device{}();
     // A complete Stable Diffusion folder, and its scheduler config, read once for the run.
-    const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path);
+    const auto model_folder     = pipeline::ModelFolder::open(c.pretrained_model_name_or_path, "",
+                                                              c.single_file_config.value_or(""));
     const auto scheduler_config = model_folder.scheduler_config();
     DataParallel dp(c, world, device);            // one process, or the torchrun world
     const uint64_t seed = dp.shared_seed(seed0);  // every rank draws from rank 0's seed
@@ -371,11 +381,18 @@ TrainResult train(const TrainConfig& c) {
     if (!dp.is_main()) return TrainResult::kFinished;
     if (opt.ema) opt.ema->copy_to(step.params);
     if (c.lora)
-        save_lora_weights(*out, step.params);
+        save_lora_weights(c, *out, step.params);
     else
         save_final_model(c, *out, model_folder, models.unet, scheduler_config,
                          models.prediction_type);
     log_info("saved the trained model to %s", c.output_dir.c_str());
+    if (c.save_single_file && !c.lora) {  // from the folder just written: the two agree
+        const std::string name = single_file_name(c);
+        out->claim(name);
+        pipeline::save_single_file(pipeline::ModelFolder::open(out->path()), out->file(name),
+                                   /*half=*/false);
+        log_info("saved the model as one file to %s", out->file(name).c_str());
+    }
     return TrainResult::kFinished;
 }
 
