@@ -3,9 +3,12 @@
 // W_eff = W + (alpha / r) B A and its gradients dL/dA = s B^T G, dL/dB = s G A^T.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "io/file_util.h"
 #include "models/attention.h"
 #include "models/lora.h"
+#include "pipeline/ldm_keys.h"
 #include "pipeline/model_dir.h"
 #include "test_util.h"
 #include "training/checkpoint.h"
@@ -245,6 +248,11 @@ TEST(Lora, TheSameLoraInEveryLayoutGivesTheSameUnetOutput) {
         }
     }
     EXPECT_GT((outs[0] - base_out).abs().max().item<double>(), 1e-3);  // the LoRA does something
+    // The formula: a plain UNet with W + 0.7 x (alpha / r = 0.5) x up @ down.
+    auto merged = tiny_unet();
+    merged->named_parameters()[q + ".weight"].add_(0.7 * 0.5 * torch::mm(up, down));
+    EXPECT_TRUE(testing::allclose(merged->forward(in.sample, in.timesteps, in.context), outs[0],
+                                  1e-5, 1e-5));
     for (size_t i = 1; i < outs.size(); ++i)
         EXPECT_TRUE(testing::allclose(outs[i], outs[0], 1e-5, 1e-5)) << i;
     // Scale 0 is the base model.
@@ -253,6 +261,34 @@ TEST(Lora, TheSameLoraInEveryLayoutGivesTheSameUnetOutput) {
     models::apply_lora(models::read_lora_file(dir.file("peft.safetensors"), unet.get(), te.get()),
                        0.0, false, unet, te);
     EXPECT_TRUE(torch::equal(unet->forward(in.sample, in.timesteps, in.context), base_out));
+}
+
+// Some kohya files name UNet modules by the original (LDM) layout: tiny-sd1 (layers_per_block
+// 2, block 0 without attention) has down_blocks.1.attentions.0 at input_blocks.4.1 and
+// up_blocks.0.attentions.2 at output_blocks.2.1 (the LDM numbering, worked out by hand).
+TEST(Lora, KohyaKeysWithOriginalLayoutNamesMapThroughTheLdmNumbering) {
+    TempDir dir;
+    torch::manual_seed(22);
+    const auto down = torch::randn({2, 64}), up = torch::randn({64, 2});
+    io::save_safetensors(
+        dir.file("ldm.safetensors"),
+        {{"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight", down},
+         {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight", up},
+         {"lora_unet_output_blocks_2_1_proj_out.lora_down.weight", torch::randn({2, 64, 1, 1})},
+         {"lora_unet_output_blocks_2_1_proj_out.lora_up.weight", torch::randn({64, 2, 1, 1})}});
+    auto unet       = tiny_unet();
+    auto te         = pipeline::load_text_encoder(fixture("tiny-sd1/text_encoder"), {});
+    const auto lora = models::read_lora_file(dir.file("ldm.safetensors"), unet.get(), te.get(),
+                                             pipeline::ldm_unet_module_names(unet));
+    std::set<std::string> modules;
+    for (const auto& m : lora.modules) modules.insert(m.module);
+    EXPECT_EQ(modules,
+              (std::set<std::string>{"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+                                     "up_blocks.0.attentions.2.proj_out"}));
+    // Without the aliases the same file is refused, naming the key.
+    testing::expect_error<std::invalid_argument>(
+        [&] { models::read_lora_file(dir.file("ldm.safetensors"), unet.get(), te.get()); },
+        {"lora_unet_input_blocks_4_1"});
 }
 
 TEST(Lora, ToKohyaRoundTripsAndBadFilesNameTheKey) {
@@ -370,6 +406,18 @@ TEST(TrainLora, InterruptedAndResumedEqualsStraightRunBitForBitAndOnlyTheLoraIsW
         kohya.at(k + ".lora_up.weight"),
         a.at("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight")));
     EXPECT_EQ(kohya.at(k + ".alpha").item<float>(), 4.f);  // lora_alpha = rank
+    // generate: the LoRA folder is not a model (a hint names --lora); with --lora it samples.
+    auto r = testing::run_t2i({"generate", "--model", straight.output_dir, "--prompt", "a",
+                               "--output", dir.file("x.png")});
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.out.find("--lora"), std::string::npos) << r.out;
+    r = testing::run_t2i({"generate", "--model", fixture("tiny-sd1"), "--lora",
+                          straight.output_dir + ":0.5", "--lora",
+                          straight.output_dir + "/straight.safetensors", "--prompt", "a",
+                          "--num_inference_steps", "2", "--output", dir.file("x.png")});
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("kohya layout, 48 modules) x 1"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("diffusers layout, 48 modules) x 0.5"), std::string::npos) << r.out;
 }
 
 // t2i convert --lora_path: diffusers -> kohya with the names diffusers' convert_state_dict_to_kohya

@@ -13,6 +13,7 @@
 #include "io/file_util.h"
 #include "io/output_folder.h"
 #include "models/lora.h"
+#include "pipeline/ldm_keys.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/single_file.h"
 #include "util/log.h"
@@ -102,7 +103,8 @@ void convert_lora(const ConvertFlags& f) {
             const auto model = pipeline::ModelFolder::open(f.model_path, "", f.config);
             const auto unet  = model.load_unet(pipeline::LoadOptions{});
             const auto te    = model.load_text_encoder(pipeline::LoadOptions{});
-            lora             = models::read_lora_file(f.lora_path, unet.get(), te.get());
+            lora             = models::read_lora_file(f.lora_path, unet.get(), te.get(),
+                                                      pipeline::ldm_unet_module_names(unet));
         }
     } catch (const std::invalid_argument& e) {
         throw UsageError(std::string(e.what()) +

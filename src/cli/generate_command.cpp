@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "io/text.h"
 #include "models/lora.h"
+#include "pipeline/ldm_keys.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/text_to_image.h"
 #include "util/device.h"
@@ -68,7 +69,8 @@ void apply_lora_flag(const std::string& spec, bool fuse, models::UNet2DCondition
                          "' (give a .safetensors LoRA file or a t2i train-lora output folder)");
     models::LoraFile lora;
     try {
-        lora = models::read_lora_file(path, unet.get(), text_encoder.get());
+        lora = models::read_lora_file(path, unet.get(), text_encoder.get(),
+                                      pipeline::ldm_unet_module_names(unet));
         models::apply_lora(lora, scale, fuse, unet, text_encoder);
     } catch (const std::invalid_argument& e) {
         throw UsageError(std::string("--lora: ") + e.what());
@@ -237,6 +239,12 @@ int generate_command(const std::vector<std::string>& args) {
         throw UsageError("--torch_dtype fp16 needs --device cuda; on the CPU use bf16 or fp32");
 
     // The model (pipeline/model_dir): a pipeline folder, or a checkpoint and --base_model.
+    if (io::file_exists(f.model + "/pytorch_lora_weights.safetensors") &&
+        !io::file_exists(f.model + "/model_index.json"))
+        throw UsageError("--model '" + f.model +
+                         "' holds a LoRA (pytorch_lora_weights.safetensors), not a model: give the "
+                         "base model as --model and this folder as --lora '" +
+                         f.model + "'");
     const auto folder = [&] {
         try {
             return pipeline::ModelFolder::open(f.model, f.base_model, f.config);

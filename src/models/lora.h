@@ -12,6 +12,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -74,10 +75,13 @@ struct LoraFile {
 // - kohya / A1111: "lora_unet_<module with '_' for '.'>.lora_down.weight", ".lora_up.weight",
 //   ".alpha" (scale alpha / r), "lora_te_..." for the text encoder.
 // kohya names are resolved against the modules of `unet` / `text_encoder` (required for that
-// layout). Anything else (LyCORIS, SDXL's lora_te1_/te2_, a key without its pair) is an error
-// naming the file and the key.
+// layout), and against `unet_aliases` (other names -> UNet module name; the caller passes the
+// original LDM names, pipeline/ldm_keys.h, which some kohya files use: lora_unet_input_blocks_..).
+// Anything else (LyCORIS, SDXL's lora_te1_/te2_, a key without its pair) is an error naming the
+// file and the key.
 LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
-                        const torch::nn::Module* text_encoder);
+                        const torch::nn::Module* text_encoder,
+                        const std::map<std::string, std::string>& unet_aliases = {});
 
 // The LoRA parameters of a run (add_trainable_lora's names) as a LoraFile of the UNet, scale 1.
 LoraFile lora_file_from_parameters(const torch::OrderedDict<std::string, torch::Tensor>& params);

@@ -153,7 +153,8 @@ double metadata_alpha(const io::Metadata& metadata, const std::string& component
 }  // namespace
 
 LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
-                        const torch::nn::Module* text_encoder) {
+                        const torch::nn::Module* text_encoder,
+                        const std::map<std::string, std::string>& unet_aliases) {
     const auto lower = [](std::string s) {
         std::transform(s.begin(), s.end(), s.begin(), ::tolower);
         return s;
@@ -166,7 +167,9 @@ LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
                 "t2i reads .safetensors only. Convert it once with safetensors' "
                 "save_file in a Python you trust");
     io::SafetensorsFile file(path);
-    const auto unet_names = kohya_names(unet), text_names = kohya_names(text_encoder);
+    auto unet_names       = kohya_names(unet);
+    const auto text_names = kohya_names(text_encoder);
+    for (const auto& [alias, module] : unet_aliases) unet_names.emplace(underscored(alias), module);
     struct Entry {
         torch::Tensor down, up, alpha;
         std::string key;

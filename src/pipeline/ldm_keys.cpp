@@ -384,4 +384,24 @@ bool is_skipped_ldm_key(const std::string& key, int64_t text_layers) {
     return false;
 }
 
+std::map<std::string, std::string> ldm_unet_module_names(const models::UNet2DConditionModel& unet) {
+    std::map<std::string, std::string> out;
+    const std::string prefix = kLdmUnetPrefix, suffix = ".weight";
+    for (const auto& p : unet->named_parameters()) {
+        const auto& key = p.key();
+        if (key.size() <= suffix.size() ||
+            key.compare(key.size() - suffix.size(), suffix.size(), suffix) != 0)
+            continue;
+        std::string ldm;
+        try {
+            ldm = unet_key_to_ldm(key, unet->config).name;
+        } catch (const std::exception&) {
+            continue;  // a tensor without a place in the original layout (LoRA parameters)
+        }
+        out[ldm.substr(prefix.size(), ldm.size() - prefix.size() - suffix.size())] =
+            key.substr(0, key.size() - suffix.size());
+    }
+    return out;
+}
+
 }  // namespace t2i::pipeline

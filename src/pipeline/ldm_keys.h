@@ -10,6 +10,7 @@
 // (original -> diffusers).
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,6 +56,12 @@ std::vector<LdmKey> ldm_key_to_unet(const std::string& key,
 std::vector<LdmKey> ldm_key_to_vae(const std::string& key,
                                    const models::AutoencoderKLConfig& config);
 std::vector<LdmKey> ldm_key_to_text_encoder(const std::string& key, bool open_clip);
+
+// The UNet's weighted modules by their original-layout name (without the prefix) -> diffusers
+// module name, e.g. "input_blocks.4.1.transformer_blocks.0.attn1.to_q" -> "down_blocks.1.
+// attentions.0.transformer_blocks.0.attn1.to_q": the aliases under which LoRA files in kohya
+// layout with LDM names (lora_unet_input_blocks_4_1_...) address them.
+std::map<std::string, std::string> ldm_unet_module_names(const models::UNet2DConditionModel& unet);
 
 // Keys an original checkpoint may carry that the diffusers pipeline does not use, skipped on
 // reading as from_single_file skips them: the EMA copy (`model_ema.*`), the training schedule's
