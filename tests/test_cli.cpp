@@ -151,6 +151,56 @@ TEST(Cli, GenerateExplainsBadSizesAndMissingBaseModel) {
                       tmp.file("x.png")});
     EXPECT_EQ(c.code, 2);
     EXPECT_NE(c.out.find("--base_model"), std::string::npos) << c.out;
+    // A .jpg output is refused before any work, and nothing is created; the progress line
+    // carries no terminal escape codes when stderr is not a terminal (here: a pipe).
+    auto j = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "x", "--output",
+                      tmp.file("x.jpg")});
+    EXPECT_EQ(j.code, 2);
+    EXPECT_NE(j.out.find("PNG"), std::string::npos) << j.out;
+    EXPECT_FALSE(fs::exists(tmp.file("x.jpg")));
+    auto ok = run_t2i({"generate", "--model", fixture("tiny-sd1"), "--prompt", "x",
+                       "--num_inference_steps", "2", "--output", tmp.file("y.png")});
+    EXPECT_EQ(ok.code, 0) << ok.out;
+    EXPECT_EQ(ok.out.find('\033'), std::string::npos) << ok.out;
+}
+
+// The "--lr_warmup_steps is ignored by constant" warning only when the flag was given; the
+// singular --validation_prompt (the LoRA / SDXL scripts' flag) in train: N images of it.
+TEST(Cli, TrainWarnsOnlyAboutFlagsGivenAndTakesValidationPrompt) {
+    testing::TempDir tmp;
+    const auto data = testing::make_image_dataset(tmp, 2);
+    const std::vector<std::string> base{"train",
+                                        "--pretrained_model_name_or_path",
+                                        fixture("tiny-sd1"),
+                                        "--train_data_dir",
+                                        data,
+                                        "--resolution",
+                                        "32",
+                                        "--center_crop",
+                                        "--train_batch_size",
+                                        "2",
+                                        "--max_train_steps",
+                                        "1",
+                                        "--num_threads",
+                                        "1",
+                                        "--report_to",
+                                        "none",
+                                        "--seed",
+                                        "1"};
+    auto args = base;
+    args.insert(args.end(), {"--output_dir", tmp.file("a"), "--validation_prompt", "a red shape",
+                             "--num_validation_images", "2"});
+    auto r = run_t2i(args);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("lr_warmup_steps"), std::string::npos) << r.out;
+    for (const char* f :
+         {"/a/validation/step-1/0-a-red-shape.png", "/a/validation/step-1/1-a-red-shape.png"})
+        EXPECT_TRUE(fs::exists(tmp.path() + f)) << f;
+    args = base;
+    args.insert(args.end(), {"--output_dir", tmp.file("b"), "--lr_warmup_steps", "10"});
+    r = run_t2i(args);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("--lr_warmup_steps 10 is ignored"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -280,7 +280,8 @@ TEST(Train, ValidationImagesAndTensorBoardEventsAreWritten) {
         EXPECT_EQ(img.sizes(), (std::vector<int64_t>{64, 64, 3})) << name;
     }
     std::string events;
-    for (const auto& e : fs::directory_iterator(c.output_dir + "/logs"))
+    // accelerate's layout: logging_dir/<tracker_project_name>/events.out.tfevents.*
+    for (const auto& e : fs::directory_iterator(c.output_dir + "/logs/text2image-fine-tune"))
         if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events = e.path();
     ASSERT_FALSE(events.empty());
     const auto values = io::read_tensorboard_events(events);  // verifies every record's CRCs

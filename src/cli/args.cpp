@@ -186,6 +186,7 @@ bool ArgParser::parse(const std::vector<std::string>& args) {
         }
         const Spec* spec = find(name);
         if (!spec) throw UsageError("unknown flag '--" + name + "' (see --help)");
+        given_.insert(name);
         if (spec->takes_value && !has_value) {
             if (i + 1 >= args.size())
                 throw UsageError("--" + name + " needs a value (" + spec->metavar + ")");

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,6 +46,8 @@ class ArgParser {
     // Returns false when --help was printed (the command should exit 0).
     bool parse(const std::vector<std::string>& args);
     std::string help() const;
+    // Whether --name was on the command line (parse() seen it).
+    bool given(const std::string& name) const { return given_.count(name) > 0; }
 
   private:
     struct Spec {
@@ -60,6 +63,7 @@ class ArgParser {
     std::vector<std::string>* positionals_ = nullptr;
     std::string positional_metavar_, positional_help_;
     size_t positional_min_ = 0;
+    std::set<std::string> given_;
 };
 
 }  // namespace t2i::cli

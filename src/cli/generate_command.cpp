@@ -1,6 +1,9 @@
 // Implements: `t2i generate` (CLI.md): flags -> a StableDiffusionPipeline over a diffusers folder,
 // a t2i training output, a checkpoint-N folder or a single original-layout .safetensors file ->
 // PNG files (and optionally the latents).
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -207,7 +210,17 @@ int generate_command(const std::vector<std::string>& args) {
     // Where the outputs go, checked before any work.
     const std::vector<std::string> model_dirs = {f.model, f.base_model, f.config};
     const int64_t n_images = static_cast<int64_t>(f.prompt.size()) * f.num_images_per_prompt;
-    const bool is_png      = f.output.size() > 4 && f.output.substr(f.output.size() - 4) == ".png";
+    const std::string ext  = [&] {
+        auto e = std::filesystem::path(f.output).extension().string();
+        std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+        return e;
+    }();
+    const bool is_png = ext == ".png";
+    for (const char* other : {".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+        if (ext == other)
+            throw UsageError("--output " + f.output +
+                             ": t2i writes PNG images; give a .png file "
+                             "or a folder (it then writes 000000.png, ...)");
     if (is_png && n_images > 1)
         throw UsageError("--output " + f.output + " is one file but " + std::to_string(n_images) +
                          " images will be made; give a folder");
@@ -281,7 +294,7 @@ int generate_command(const std::vector<std::string>& args) {
     o.height                = f.height;
     o.width                 = f.width;
     o.num_images_per_prompt = f.num_images_per_prompt;
-    o.show_progress         = true;
+    o.show_progress         = ::isatty(STDERR_FILENO) != 0;  // no escape codes into a log file
     auto result             = pipe(o, *scheduler);
     log_info("%lld image(s): %lld steps in %.2f s (%.3f s/step), %.2f s in all",
              (long long)result.latents.size(0), (long long)f.num_inference_steps,

@@ -243,18 +243,32 @@ bool read_sidecar(const fs::path& image, std::string* caption) {
     return false;
 }
 
+// The repeat folder an image lies in: the first component of its path below `dir`.
+std::pair<int64_t, std::string> repeat_of(const fs::path& image, const std::string& dir) {
+    const auto rel = image.lexically_normal().lexically_relative(fs::path(dir).lexically_normal());
+    if (rel.empty() || std::distance(rel.begin(), rel.end()) < 2) return {0, ""};
+    return parse_repeat_folder(rel.begin()->string());
+}
+
 void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
                     const DatasetConfig& cfg, DatasetIndex* index) {
     index->columns = {"image", "text"};
     check_column("--image_column", cfg.image_column, {"image"}, dir + " (sidecar captions)");
     check_column("--caption_column", cfg.caption_column, {"text"}, dir + " (sidecar captions)");
-    int64_t missing = 0;
+    int64_t missing = 0, repeated = 0;
     std::string first_missing;
     for (const auto& image : images) {
         Record rec{image.lexically_normal().string(), {""}};
         check_inside_root(rec.image_path, cfg, *index, "'" + rec.image_path + "'");
-        if (!read_sidecar(image, &rec.captions[0]) && missing++ == 0)
-            first_missing = rec.image_path;
+        const auto [repeats, name] = repeat_of(image, dir);
+        // kohya: no caption file in a repeat folder -> the folder's name is the caption.
+        if (!read_sidecar(image, &rec.captions[0])) {
+            if (repeats > 0)
+                rec.captions[0] = name;
+            else if (missing++ == 0)
+                first_missing = rec.image_path;
+        }
+        for (int64_t k = 1; k < repeats; ++k, ++repeated) index->records.push_back(rec);
         index->records.push_back(std::move(rec));
     }
     if (missing > 0)
@@ -262,6 +276,9 @@ void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
             "%lld of %zu images in '%s' have no .txt/.caption file (e.g. '%s'); they are "
             "trained with an empty caption, as kohya-ss does",
             static_cast<long long>(missing), images.size(), dir.c_str(), first_missing.c_str());
+    if (repeated > 0)
+        log_info("kohya repeat folders (<N>_<name>/): %zu images, %lld with repeats per epoch",
+                 images.size(), static_cast<long long>(images.size() + repeated));
 }
 
 [[noreturn]] void throw_missing_source(const std::string& flag, const std::string& source) {
@@ -309,7 +326,10 @@ void index_folder(const std::string& dir, const DatasetConfig& cfg, DatasetIndex
     if (!metadata.empty()) {
         index->layout = "imagefolder";
         index_imagefolder(metadata, cfg, index);
-    } else if (!images.empty() && has_sidecar) {
+    } else if (!images.empty() &&
+               (has_sidecar || std::any_of(images.begin(), images.end(), [&](const fs::path& f) {
+                    return repeat_of(f, dir).first > 0;
+                }))) {
         index->layout = "captions";
         index_sidecars(dir, images, cfg, index);
     } else if (!images.empty()) {
@@ -382,11 +402,39 @@ DatasetIndex index_dataset(const DatasetConfig& cfg) {
     return index;
 }
 
+namespace {
+
+// The text encoder sees model_max_length (77) tokens; the script truncates silently. One
+// warning names how many captions lose words, and the first.
+void warn_truncated_captions(const DatasetIndex& index, const tokenizer::CLIPTokenizer& tok,
+                             tokenizer::TextCleanMode mode) {
+    std::set<std::string> seen;
+    int64_t truncated = 0, longest = 0;
+    std::string first;
+    for (const auto& rec : index.records)
+        for (const auto& caption : rec.captions) {
+            if (!seen.insert(caption).second) continue;
+            const auto n = static_cast<int64_t>(tok.encode(caption, mode).size());
+            if (n <= tok.model_max_length()) continue;
+            if (truncated++ == 0) first = caption;
+            longest = std::max(longest, n);
+        }
+    if (truncated > 0)
+        log_warn(
+            "%lld captions are longer than the text encoder's %lld tokens (the longest %lld) and "
+            "are cut there, as the script does, e.g. '%.80s...'",
+            static_cast<long long>(truncated), static_cast<long long>(tok.model_max_length()),
+            static_cast<long long>(longest), first.c_str());
+}
+
+}  // namespace
+
 CaptionDataset CaptionDataset::open(const DatasetConfig& config,
                                     tokenizer::CLIPTokenizer tokenizer) {
     DatasetIndex index = index_dataset(config);
     log_info("dataset '%s' (%s): %lld examples", index.source.c_str(), index.layout.c_str(),
              static_cast<long long>(index.records.size()));
+    warn_truncated_captions(index, tokenizer, config.text_clean);
     return CaptionDataset(config, std::move(index), std::move(tokenizer));
 }
 
@@ -413,7 +461,44 @@ void CaptionDataset::choose_caption(const Record& rec, Rng& rng, Example* ex) co
     const size_t n    = rec.captions.size();
     ex->caption_index = n == 1 ? 0 : static_cast<int64_t>(rng_uniform_index(rng, n));
     ex->caption       = rec.captions[static_cast<size_t>(ex->caption_index)];
-    ex->input_ids     = input_ids(ex->caption);  // [77]
+    // kohya's process_caption: dropout first, else the tag shuffle (draws only when enabled).
+    const auto& o = config_.captions;
+    if (o.dropout_rate > 0 && rng_uniform01(rng) < o.dropout_rate)
+        ex->caption = "";
+    else if (o.shuffle)
+        ex->caption = shuffle_caption_tags(ex->caption, o.keep_tokens, rng);
+    ex->input_ids = input_ids(ex->caption);  // [77]
+}
+
+std::string shuffle_caption_tags(const std::string& caption, int64_t keep_tokens, Rng& rng) {
+    std::vector<std::string> tags;
+    size_t start = 0;
+    while (true) {
+        const auto comma = caption.find(',', start);
+        auto tag =
+            caption.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        const auto b = tag.find_first_not_of(" \t\r\n"), e = tag.find_last_not_of(" \t\r\n");
+        tags.push_back(b == std::string::npos ? "" : tag.substr(b, e - b + 1));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    const size_t keep =
+        std::min(tags.size(), static_cast<size_t>(std::max<int64_t>(0, keep_tokens)));
+    for (size_t i = tags.size(); i > keep + 1; --i) {  // Fisher-Yates over the flexible tags
+        const size_t j = keep + rng_uniform_index(rng, i - keep);
+        std::swap(tags[i - 1], tags[j]);
+    }
+    std::string out;
+    for (size_t i = 0; i < tags.size(); ++i) out += (i ? ", " : "") + tags[i];
+    return out;
+}
+
+std::pair<int64_t, std::string> parse_repeat_folder(const std::string& folder_name) {
+    static const std::regex kRepeat(R"(^([0-9]{1,6})_(.+)$)");
+    std::smatch m;
+    if (!std::regex_match(folder_name, m, kRepeat)) return {0, ""};
+    const int64_t n = std::stoll(m[1].str());
+    return n >= 1 ? std::make_pair(n, m[2].str()) : std::make_pair(int64_t(0), std::string());
 }
 
 torch::Tensor CaptionDataset::input_ids(const std::string& caption) const {

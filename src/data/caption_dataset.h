@@ -8,6 +8,10 @@
 //                 files: the image column holds a path relative to the file (or {"path": ...}).
 //   captions    - kohya's convention: images with a sidecar `<stem>.txt` (else `<stem>.caption`);
 //                 the first line is the caption, as kohya-ss reads it. Columns: image, text.
+//                 Images under a top-level folder named `<N>_<name>` (kohya's DreamBooth
+//                 layout) are repeated N times per epoch, and one without a caption file takes
+//                 `<name>` as its caption, as kohya-ss does; such folders alone (no caption
+//                 files) are this layout too.
 // A caption cell is a string or a list of strings (one chosen at random for each access, like
 // the script's `random.choice`). `--max_train_samples N` keeps the first N records of a
 // seeded shuffle as the script's `shuffle(seed).select(range(N))`, but t2i's permutation
@@ -27,6 +31,24 @@
 
 namespace t2i::data {
 
+// kohya-ss's caption options (t2i additions), applied each time a sample is drawn, after the
+// choice among a record's captions: with probability `dropout_rate` the caption becomes "" (for
+// classifier-free guidance; diffusers' SDXL script calls it --proportion_empty_prompts);
+// otherwise, with `shuffle`, the caption's comma-separated tags after the first `keep_tokens`
+// are shuffled and joined with ", " (kohya's process_caption).
+struct CaptionOptions {
+    double dropout_rate = 0.0;
+    bool shuffle        = false;
+    int64_t keep_tokens = 0;
+};
+
+// kohya's process_caption: tags = split on ',' and stripped; the first `keep_tokens` stay, the
+// rest are shuffled with `rng` (Fisher-Yates); joined with ", ".
+std::string shuffle_caption_tags(const std::string& caption, int64_t keep_tokens, Rng& rng);
+
+// kohya's repeat folders: "<N>_<name>" (N >= 1) -> {N, name}; {0, ""} for any other name.
+std::pair<int64_t, std::string> parse_repeat_folder(const std::string& folder_name);
+
 struct DatasetConfig {
     std::string dataset_name;              // --dataset_name: local dataset folder or data file
     std::string train_data_dir;            // --train_data_dir: local image folder (imagefolder)
@@ -38,6 +60,7 @@ struct DatasetConfig {
     tokenizer::TextCleanMode text_clean = tokenizer::TextCleanMode::kFtfy;
     // --allow_paths_outside_dataset: images may lie outside the dataset root (see DatasetIndex).
     bool allow_paths_outside_dataset = false;
+    CaptionOptions captions;  // --caption_dropout_rate, --shuffle_caption, --keep_tokens
 };
 
 // One training example before decoding.

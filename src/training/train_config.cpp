@@ -144,6 +144,14 @@ void TrainConfig::validate() const {
             "must be a folder inside --output_dir (a relative path without '..'), "
             "got '" +
                 logging_dir + "'");
+    // The TensorBoard run folder inside logging_dir (accelerate's layout): one plain name.
+    if (tracker_project_name.empty() || tracker_project_name == "." ||
+        tracker_project_name == ".." ||
+        tracker_project_name.find_first_of("/\\") != std::string::npos)
+        bad("tracker_project_name",
+            "names the TensorBoard run folder inside --logging_dir: one folder name without '/', "
+            "got '" +
+                tracker_project_name + "'");
     if (device != "cpu" && device.rfind("cuda", 0) != 0)
         bad("device", "'" + device + "' is not cpu, cuda or cuda:N");
     require_range("logging_steps", double(logging_steps), 1, kMaxCount);
@@ -156,10 +164,22 @@ void TrainConfig::validate() const {
             "nccl moves CUDA tensors only; give --device cuda, or use gloo on the CPU");
     require_range("ddp_timeout", ddp_timeout, 1e-3, 1e7);
     require_range("ddp_bucket_cap_mb", ddp_bucket_cap_mb, 1e-3, 1e5);
-    if (lora) {
-        require_range("rank", double(rank), 1, 1 << 16);
-        require_range("num_validation_images", double(num_validation_images), 1, 1000);
+    require_range("caption_dropout_rate", caption_dropout_rate, 0, 1);
+    if (proportion_empty_prompts) {
+        require_range("proportion_empty_prompts", *proportion_empty_prompts, 0, 1);
+        if (caption_dropout_rate > 0)
+            bad("proportion_empty_prompts",
+                "is another name for --caption_dropout_rate; give one of them");
     }
+    require_range("keep_tokens", double(keep_tokens), 0, 1e6);
+    if ((caption_dropout_rate > 0 || proportion_empty_prompts.value_or(0) > 0 || shuffle_caption) &&
+        (cache_text_encoder_outputs || cache_text_encoder_outputs_to_disk))
+        bad(cache_text_encoder_outputs ? "cache_text_encoder_outputs"
+                                       : "cache_text_encoder_outputs_to_disk",
+            "encodes each caption once, but --caption_dropout_rate / --shuffle_caption change "
+            "the caption at every draw (as kohya-ss, the two do not combine); drop one");
+    require_range("num_validation_images", double(num_validation_images), 1, 1000);
+    if (lora) require_range("rank", double(rank), 1, 1 << 16);
     if (zero_stage != 0 && zero_stage != 1)
         bad("zero_stage",
             "must be 0 (off) or 1 (sharded optimizer state); stages 2 and 3 are "
@@ -176,8 +196,7 @@ bool flag_in_command(const std::string& name, bool lora) {
                                                  "input_perturbation",
                                                  "tracker_project_name",
                                                  "validation_prompts"};
-    static const std::set<std::string> lora_only{"rank", "validation_prompt",
-                                                 "num_validation_images"};
+    static const std::set<std::string> lora_only{"rank"};
     return lora ? !full_only.count(name) : !lora_only.count(name);
 }
 

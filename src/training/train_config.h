@@ -100,6 +100,14 @@ struct TrainConfig {
     bool allow_paths_outside_dataset = false;
     int64_t logging_steps            = 1;
     std::string text_clean           = "ftfy";
+    // t2i: kohya's caption options (data/caption_dataset.h CaptionOptions)
+    double caption_dropout_rate = 0.0;
+    std::optional<double> proportion_empty_prompts;  // diffusers' SDXL script's name for it
+    bool shuffle_caption = false;
+    int64_t keep_tokens  = 0;
+    // Not a flag: false when the command line did not give --lr_warmup_steps (then the
+    // "ignored by constant" warning is not said about the default).
+    bool lr_warmup_steps_given = true;
     std::optional<int64_t> stop_after_steps;
     // t2i: several processes (dist/process_group.h)
     std::string ddp_backend  = "";  // "" = gloo on CPU, nccl on CUDA
@@ -125,7 +133,7 @@ struct TrainConfig {
 
 // Whether flag `name` belongs to `t2i train` (lora false) or `t2i train-lora` (lora true): the
 // LoRA script has no EMA, DREAM, input perturbation, tracker name or --validation_prompts, and
-// adds --rank, --validation_prompt and --num_validation_images.
+// adds --rank. Both take its --validation_prompt and --num_validation_images.
 bool flag_in_command(const std::string& name, bool lora);
 
 // Calls `visit(field, name, help)` for every flag in declaration order. `field` is a reference to
@@ -228,9 +236,10 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.validation_steps, "validation_steps",
       "t2i: also validate every N optimizer steps (0 = only per --validation_epochs).");
     v(c.validation_prompt, "validation_prompt",
-      "train-lora: the prompt of the validation images (--num_validation_images of it).");
+      "The prompt of --num_validation_images validation images (the LoRA and SDXL scripts' "
+      "flag; train adds them to --validation_prompts).");
     v(c.num_validation_images, "num_validation_images",
-      "train-lora: validation images of --validation_prompt, one generator in sequence.");
+      "Validation images of --validation_prompt, one generator in sequence.");
     v(c.rank, "rank", "train-lora: the dimension r of the LoRA update matrices (lora_alpha = r).");
     // Logging / Hub
     v(c.report_to, "report_to", "tensorboard, jsonl or none (wandb / comet_ml need the network).");
@@ -251,6 +260,15 @@ void visit_flags(Config& c, Visitor&& v) {
       "that leave it); by default such a path is an error.");
     v(c.logging_steps, "logging_steps",
       "t2i: one log line every N optimizer steps off a terminal.");
+    v(c.caption_dropout_rate, "caption_dropout_rate",
+      "t2i (kohya): train with an empty caption with this probability, so the model also learns "
+      "the unconditional prediction that classifier-free guidance uses.");
+    v(c.proportion_empty_prompts, "proportion_empty_prompts",
+      "diffusers' SDXL script's name for --caption_dropout_rate.");
+    v(c.shuffle_caption, "shuffle_caption",
+      "t2i (kohya): shuffle a caption's comma-separated tags each time it is drawn.");
+    v(c.keep_tokens, "keep_tokens",
+      "t2i (kohya): with --shuffle_caption, keep the first N tags in place.");
     v(c.text_clean, "text_clean",
       "t2i: caption cleaning like transformers with ftfy installed (ftfy) or without (basic).");
     v(c.stop_after_steps, "stop_after_steps",

@@ -35,6 +35,9 @@ data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {
     d.transform.interpolation     = data::parse_interpolation_mode(c.image_interpolation_mode);
     d.text_clean                  = tokenizer::parse_clean_mode(c.text_clean);
     d.allow_paths_outside_dataset = c.allow_paths_outside_dataset;
+    d.captions.dropout_rate       = c.proportion_empty_prompts.value_or(c.caption_dropout_rate);
+    d.captions.shuffle            = c.shuffle_caption;
+    d.captions.keep_tokens        = c.keep_tokens;
     return d;
 }
 
@@ -82,7 +85,7 @@ torch::Device setup_threads_and_device(const TrainConfig& c, const dist::WorldIn
 
 void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
     if (!dp.is_main()) return;
-    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0)
+    if (c.lr_scheduler == "constant" && c.lr_warmup_steps > 0 && c.lr_warmup_steps_given)
         log_warn(
             "--lr_warmup_steps %lld is ignored by --lr_scheduler constant (as in diffusers); "
             "use constant_with_warmup to warm up",
@@ -208,7 +211,9 @@ StepPlan plan_steps(const TrainConfig& c, int64_t batches_per_epoch, int world_s
 std::unique_ptr<io::EventWriter> open_tensorboard(const TrainConfig& c, bool is_main,
                                                   int64_t global_step) {
     if (!is_main || (c.report_to != "tensorboard" && c.report_to != "all")) return nullptr;
-    auto tensorboard = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir);
+    // accelerate's TensorBoardTracker: logging_dir/<init_trackers' project name>/.
+    auto tensorboard = std::make_unique<io::EventWriter>(c.output_dir + "/" + c.logging_dir + "/" +
+                                                         c.tracker_project_name);
     auto config_json = c.to_json();
     config_json.erase("validation_prompts");  // as the original's init_trackers
     tensorboard->add_text(c.tracker_project_name, "```\n" + io::dump_json(config_json, 2) + "\n```",
