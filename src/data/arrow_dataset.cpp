@@ -252,24 +252,27 @@ class ParquetReader : public ShardReader {
         int64_t bytes;
     };
 
-    // Row group `at.chunk`'s image column, from the cache or the file.
+    std::shared_ptr<arrow::ChunkedArray> find_cached(const ShardRow& at) const {
+        std::lock_guard<std::mutex> lock(cache_mutex_);
+        for (auto it = cache_.begin(); it != cache_.end(); ++it)
+            if (it->shard == at.shard && it->chunk == at.chunk) {
+                cache_.splice(cache_.begin(), cache_, it);  // most recently used first
+                return it->column;
+            }
+        return nullptr;
+    }
+
+    // Row group `at.chunk`'s image column, from the cache or the file. Locks: the shard's, then
+    // the cache's (never the other way), so a worker that waited for another's read of the same
+    // row group finds it cached.
     std::shared_ptr<arrow::ChunkedArray> row_group(const Shard& shard, const ShardRow& at) const {
-        {
-            std::lock_guard<std::mutex> lock(cache_mutex_);
-            for (auto it = cache_.begin(); it != cache_.end(); ++it)
-                if (it->shard == at.shard && it->chunk == at.chunk) {
-                    cache_.splice(cache_.begin(), cache_, it);  // most recently used first
-                    return it->column;
-                }
-        }
-        std::shared_ptr<arrow::Table> table;
-        {
-            std::lock_guard<std::mutex> lock(shard.mutex);
-            if (!shard.reader) shard.reader = open_parquet(shard.path);
-            table = value(
-                shard.reader->ReadRowGroup(at.chunk, {shard.bytes_leaf}),
-                "cannot read row group " + std::to_string(at.chunk) + " of '" + shard.path + "'");
-        }
+        if (auto cached = find_cached(at)) return cached;
+        std::lock_guard<std::mutex> shard_lock(shard.mutex);
+        if (auto cached = find_cached(at)) return cached;
+        if (!shard.reader) shard.reader = open_parquet(shard.path);
+        const auto table =
+            value(shard.reader->ReadRowGroup(at.chunk, {shard.bytes_leaf}),
+                  "cannot read row group " + std::to_string(at.chunk) + " of '" + shard.path + "'");
         auto column   = table->column(0);
         int64_t bytes = 0;
         for (const auto& c : column->chunks())
