@@ -2,6 +2,10 @@
 # Installs t2i's build and test dependencies on Debian 12 (bookworm). Safe to run again.
 #  - libtorch 2.x: the `torch` wheel from PyPI (pinned; its libtorch has CUDA and NCCL and runs on
 #    machines without a GPU), in a Python venv at T2I_TORCH_HOME, where CMakeLists.txt finds it.
+#  - Apache Arrow's C++ libraries (libarrow, libparquet and their headers) for Parquet / Arrow
+#    datasets: the `pyarrow` wheel from PyPI (pinned), in a venv at T2I_ARROW_HOME, where
+#    CMakeLists.txt finds it (T2I_WITH_ARROW). Debian 12 packages no Arrow; the wheel's C++ ABI
+#    (_GLIBCXX_USE_CXX11_ABI=1, libstdc++ >= GLIBCXX_3.4.22) is the torch wheel's and fits it.
 #  - everything else: Debian packages. Nothing is vendored.
 # Building the CUDA parts needs NVIDIA's CUDA toolkit (nvcc, /usr/local/cuda); the machines this
 # project builds on carry it. See README "Building".
@@ -10,6 +14,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 TORCH_VERSION=2.11.0
 T2I_TORCH_HOME=${T2I_TORCH_HOME:-$HOME/.cache/t2i/torch-$TORCH_VERSION}
+PYARROW_VERSION=26.0.1
+T2I_ARROW_HOME=${T2I_ARROW_HOME:-$HOME/.cache/t2i/pyarrow-$PYARROW_VERSION}
 PACKAGES=(
   cmake ninja-build clang ccache clang-format   # build tools (clang++: fast builds with PCH)
   python3 python3-venv python3-pip              # the venv that holds PyPI's torch wheel
@@ -35,6 +41,15 @@ if [ ! -f "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION" ]; then
   /usr/bin/python3 -m venv "$T2I_TORCH_HOME"
   "$T2I_TORCH_HOME/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   touch "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION"
+fi
+# pyarrow from PyPI: its C++ libraries and headers (~190 MB; no other packages).
+if [ ! -f "$T2I_ARROW_HOME/.t2i-pyarrow-$PYARROW_VERSION" ]; then
+  echo "installing pyarrow==$PYARROW_VERSION from PyPI into $T2I_ARROW_HOME" >&2
+  rm -rf "$T2I_ARROW_HOME"
+  mkdir -p "$(dirname "$T2I_ARROW_HOME")"
+  /usr/bin/python3 -m venv "$T2I_ARROW_HOME"
+  "$T2I_ARROW_HOME/bin/python" -m pip install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
+  touch "$T2I_ARROW_HOME/.t2i-pyarrow-$PYARROW_VERSION"
 fi
 if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
   echo "note: no CUDA toolkit found (nvcc): CMake's TorchConfig needs it to build against the" \

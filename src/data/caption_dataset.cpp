@@ -292,24 +292,40 @@ void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
     throw std::runtime_error(msg);
 }
 
-[[noreturn]] void throw_unsupported_files(const std::string& source, const std::string& file) {
-    throw std::runtime_error(
-        "dataset '" + source + "' holds '" + file +
-        "': Parquet/Arrow datasets are not supported. Export it to an image folder with "
-        "metadata.jsonl, e.g. in Python: ds = datasets.load_dataset(DIR, split='train'); for "
-        "i, r in enumerate(ds): r['image'].save(f'out/{i}.png') and write {\"file_name\": "
-        "f'{i}.png', \"text\": r['text']} lines to out/metadata.jsonl");
+// Rows of a Parquet / Arrow dataset -> records. An Image feature whose bytes are null names a
+// file, read as datasets does (relative to the dataset folder here), inside the dataset root.
+void index_arrow(const ArrowFiles& files, const DatasetConfig& cfg, DatasetIndex* index) {
+    ArrowIndex a        = read_arrow_dataset(files, cfg.image_column, cfg.caption_column);
+    index->layout       = files.layout;
+    index->columns      = a.columns;
+    index->shards       = files.shards;
+    index->shard_reader = a.reader;
+    for (auto& row : a.rows) {
+        Record rec{row.name, std::move(row.captions), row.at};
+        if (!row.image_file.empty()) {
+            const std::string at = "'" + row.name + "'";
+            rec.image_path       = resolve_image(row.image_file, index->root, cfg.image_column, at);
+            rec.shard_row        = {};
+            check_inside_root(rec.image_path, cfg, *index, at);
+        }
+        index->records.push_back(std::move(rec));
+    }
 }
 
 void index_folder(const std::string& dir, const DatasetConfig& cfg, DatasetIndex* index) {
     std::vector<fs::path> metadata, images, data_files;
+    std::vector<std::string> parquet, arrow;
     bool has_sidecar = false;
     for (const auto& f : list_files(dir, cfg, *index)) {
         const std::string name = f.filename().string(), ext = lower_ext(f);
         if (name == "metadata.jsonl" || name == "metadata.csv")
             metadata.push_back(f);
-        else if (ext == ".parquet" || ext == ".arrow" || name == "metadata.parquet")
-            throw_unsupported_files(dir, f.string());
+        else if (name == "metadata.parquet")
+            throw std::runtime_error("'" + f.string() +
+                                     "': imagefolder metadata in Parquet is "
+                                     "not supported; write metadata.jsonl or metadata.csv");
+        else if (ext == ".parquet" || ext == ".arrow")
+            (ext == ".parquet" ? parquet : arrow).push_back(f.string());
         else if (is_image_file(f))
             images.push_back(f);
         else if (ext == ".json" || ext == ".jsonl" || ext == ".csv")
@@ -323,7 +339,12 @@ void index_folder(const std::string& dir, const DatasetConfig& cfg, DatasetIndex
         throw std::runtime_error("dataset folder '" + dir +
                                  "' mixes metadata.jsonl and "
                                  "metadata.csv files; use one format");
-    if (!metadata.empty()) {
+    if (metadata.empty() && (!parquet.empty() || !arrow.empty())) {
+        // A Hub dataset repository: datasets' parquet (or arrow) builder, split "train".
+        ArrowFiles files{parquet.empty() ? "arrow" : "parquet", dir, {}};
+        files.shards = train_split_files(dir, parquet.empty() ? arrow : parquet);
+        index_arrow(files, cfg, index);
+    } else if (!metadata.empty()) {
         index->layout = "imagefolder";
         index_imagefolder(metadata, cfg, index);
     } else if (!images.empty() &&
@@ -380,17 +401,23 @@ DatasetIndex index_dataset(const DatasetConfig& cfg) {
         index.root        = fs::canonical(folder).string();
         index.linked_root = hf_cache_blobs(index.root);
     }
-    if (io::dir_exists(source)) {
+    const ArrowFiles saved = io::dir_exists(source) ? find_saved_dataset(source) : ArrowFiles{};
+    if (!saved.layout.empty()) {
+        index_arrow(saved, cfg, &index);
+    } else if (io::dir_exists(source)) {
         index_folder(source, cfg, &index);
     } else if (io::file_exists(source)) {
         const std::string ext = lower_ext(source);
-        if (ext == ".parquet" || ext == ".arrow") throw_unsupported_files(source, source);
-        if (ext != ".json" && ext != ".jsonl" && ext != ".csv")
+        if (ext == ".parquet" || ext == ".arrow") {
+            index_arrow({ext.substr(1), index.root, {source}}, cfg, &index);
+        } else if (ext != ".json" && ext != ".jsonl" && ext != ".csv") {
             throw std::runtime_error(flag + " '" + source +
-                                     "': expected a folder or a .json, "
-                                     ".jsonl or .csv file of records");
-        index.layout = "records";
-        index_record_files({fs::path(source)}, cfg, &index);
+                                     "': expected a folder, a .json, .jsonl or .csv file of "
+                                     "records, or a .parquet / .arrow file");
+        } else {
+            index.layout = "records";
+            index_record_files({fs::path(source)}, cfg, &index);
+        }
     } else {
         throw_missing_source(flag, source);
     }
@@ -438,15 +465,25 @@ CaptionDataset CaptionDataset::open(const DatasetConfig& config,
     return CaptionDataset(config, std::move(index), std::move(tokenizer));
 }
 
-Example CaptionDataset::get(int64_t i, Rng& rng) const {
+const std::string& CaptionDataset::image_file(int64_t i) const {
     const Record& rec = record(i);
-    torch::Tensor image;
-    Example ex;
-    try {
-        image = io::decode_image(rec.image_path);  // PIL: Image.open(...).convert("RGB")
+    return rec.shard_row.shard < 0 ? rec.image_path : index_.shards.at(rec.shard_row.shard);
+}
+
+torch::Tensor CaptionDataset::decode(const Record& rec) const {
+    try {  // PIL: Image.open(...).convert("RGB"); datasets' Image feature: from its bytes
+        if (rec.shard_row.shard < 0) return io::decode_image(rec.image_path);
+        return io::decode_image_bytes(index_.shard_reader->image_bytes(rec.shard_row),
+                                      rec.image_path);
     } catch (const std::exception& e) {
         throw BadSampleError(e.what());
     }
+}
+
+Example CaptionDataset::get(int64_t i, Rng& rng) const {
+    const Record& rec         = record(i);
+    const torch::Tensor image = decode(rec);
+    Example ex;
     try {
         ex.pixel_values = train_transform(image, config_.transform, rng, &ex.flipped);
     } catch (const std::exception& e) {
@@ -513,13 +550,8 @@ Example CaptionDataset::draw(int64_t i, Rng& rng) const {
 }
 
 torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
-    const Record& rec = record(i);
-    torch::Tensor image;
-    try {
-        image = io::decode_image(rec.image_path);
-    } catch (const std::exception& e) {
-        throw BadSampleError(e.what());
-    }
+    const Record& rec         = record(i);
+    const torch::Tensor image = decode(rec);
     try {
         return fixed_transform(image, config_.transform, flip);
     } catch (const CropChoiceError& e) {  // a flag problem, not a bad image

@@ -12,6 +12,9 @@
 //                 layout) are repeated N times per epoch, and one without a caption file takes
 //                 `<name>` as its caption, as kohya-ss does; such folders alone (no caption
 //                 files) are this layout too.
+//   parquet / arrow / save_to_disk - a Hugging Face dataset as Arrow data: a local copy of a Hub
+//                 dataset repository (Parquet or .arrow shards, split "train"), or a folder
+//                 written by datasets' save_to_disk (data/arrow_dataset.h; needs T2I_WITH_ARROW).
 // A caption cell is a string or a list of strings (one chosen at random for each access, like
 // the script's `random.choice`). `--max_train_samples N` keeps the first N records of a
 // seeded shuffle as the script's `shuffle(seed).select(range(N))`, but t2i's permutation
@@ -26,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "data/arrow_dataset.h"
 #include "data/transforms.h"
 #include "tokenizer/clip_tokenizer.h"
 
@@ -65,14 +69,18 @@ struct DatasetConfig {
 
 // One training example before decoding.
 struct Record {
-    std::string image_path;             // absolute or relative to the working directory
+    // The image file, absolute or relative to the working directory; for an image stored in a
+    // dataset shard, "<shard file>[<row>]" (a name for messages).
+    std::string image_path;
     std::vector<std::string> captions;  // one or more alternatives
+    ShardRow shard_row;                 // shard >= 0: the image bytes are in DatasetIndex::shards
 };
 
 // What a dataset source holds, found without decoding any image (cheap enough to validate the
 // flags before training starts).
 struct DatasetIndex {
-    std::string layout;  // "imagefolder", "records" or "captions"
+    // "imagefolder", "records", "captions", "parquet", "arrow" or "save_to_disk"
+    std::string layout;
     std::string source;  // the folder or file that was read
     // The folder every image must lie in, after resolving ".." and symbolic links: `source`, or
     // the folder of a data file. A path that leaves it (an absolute path, "../x.png", a link out
@@ -83,6 +91,8 @@ struct DatasetIndex {
     std::string linked_root;
     std::vector<std::string> columns;  // as the script would see them
     std::vector<Record> records;       // after --max_train_samples
+    std::vector<std::string> shards;   // Parquet / Arrow data files (Record::shard_row.shard)
+    std::shared_ptr<const ShardReader> shard_reader;  // reads a shard row's image bytes
 };
 
 // Thrown by CaptionDataset::get when a sample's image cannot be read or decoded; the message
@@ -116,6 +126,8 @@ class CaptionDataset {
     const Record& record(int64_t i) const { return index_.records.at(static_cast<size_t>(i)); }
     const std::string& root() const { return index_.root; }      // DatasetIndex::root
     const std::string& source() const { return index_.source; }  // the folder or file read
+    // The file record `i`'s image is read from: its image file, or the shard holding it.
+    const std::string& image_file(int64_t i) const;
 
     // Decode + train_transform + tokenize record `i`. Draws from `rng` for the random crop and
     // flip (see train_transform), then for the caption choice when there are several. Thread
@@ -135,6 +147,7 @@ class CaptionDataset {
     torch::Tensor input_ids(const std::string& caption) const;
 
   private:
+    torch::Tensor decode(const Record& rec) const;  // throws BadSampleError
     void choose_caption(const Record& rec, Rng& rng, Example* ex) const;
 
     CaptionDataset(DatasetConfig config, DatasetIndex index, tokenizer::CLIPTokenizer tokenizer)

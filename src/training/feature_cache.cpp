@@ -30,14 +30,16 @@ constexpr const char* kTextFile    = "text_encoder_outputs.safetensors";
 constexpr int64_t kTextEncodeBatch = 16;
 
 // What an image file was when it was encoded: a changed file (size or modification time) is
-// encoded again.
+// encoded again. `name` is the record's image path; `file` the file it is read from (the shard
+// for an image stored in a Parquet / Arrow dataset: any change to the shard encodes its rows
+// again).
 // The path's bytes are stored in hex: a file name need not be UTF-8 (JSON text must be).
-json image_stamp(const std::string& path) {
+json image_stamp(const std::string& name, const std::string& file) {
     static const char* const kHex = "0123456789abcdef";
     std::string hex;
-    for (const unsigned char ch : path) hex += kHex[ch >> 4], hex += kHex[ch & 15];
+    for (const unsigned char ch : name) hex += kHex[ch >> 4], hex += kHex[ch & 15];
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return json::array({hex, -1, -1});
+    if (::stat(file.c_str(), &st) != 0) return json::array({hex, -1, -1});
     const int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
     return json::array({hex, int64_t(st.st_size), mtime_ns});
 }
@@ -168,7 +170,7 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
     torch::NoGradGuard no_grad;
     const auto vae_param = m.vae->parameters().front();
     for (int64_t i = 0; i < n; ++i) {
-        const json stamp = image_stamp(ds.record(i).image_path);
+        const json stamp = image_stamp(ds.record(i).image_path, ds.image_file(i));
         stamps.push_back(stamp);
         torch::Tensor mean, std;
         const auto old = old_rows.find(stamp.dump());
