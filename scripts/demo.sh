@@ -19,5 +19,6 @@ rm -rf "$OUT"
   --logging_steps 25 --seed 0 \
   --output_dir "$OUT/model"
 "$T2I" inspect "$OUT/model" > "$OUT/inspect.txt"
+"$T2I" plot-loss --metrics "$OUT/model/logs/metrics.jsonl" --output "$OUT/loss.png"
 echo "saved: $OUT/model (diffusers layout; summary in $OUT/inspect.txt)"
-echo "loss per step: $OUT/model/logs/metrics.jsonl"
+echo "loss per step: $OUT/model/logs/metrics.jsonl, drawn in $OUT/loss.png"

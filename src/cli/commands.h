@@ -15,6 +15,9 @@ int generate_command(const std::vector<std::string>& args);
 int init_model_command(const std::vector<std::string>& args);
 int demo_data_command(const std::vector<std::string>& args);
 int launch_command(const std::vector<std::string>& args);
+int train_vae_command(const std::vector<std::string>& args);
+int image_grid_command(const std::vector<std::string>& args);
+int plot_loss_command(const std::vector<std::string>& args);
 int convert_command(const std::vector<std::string>& args);
 
 // A t2i command `t2i launch` runs with this same binary (every command but launch).

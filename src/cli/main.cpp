@@ -35,6 +35,12 @@ const Command kCommands[] = {
      "Write a freshly initialized SD model folder in diffusers layout (tiny, small, sd15)."},
     {"launch", t2i::cli::launch_command,
      "Start N worker processes of a command with torchrun's environment (multi-process / GPU)."},
+    {"train-vae", t2i::cli::train_vae_command,
+     "Fine-tune a model's VAE to reconstruct a dataset's images (for a freshly initialized "
+     "model)."},
+    {"image-grid", t2i::cli::image_grid_command, "Put images side by side in one PNG."},
+    {"plot-loss", t2i::cli::plot_loss_command,
+     "Draw a training run's loss (metrics.jsonl) as a PNG chart."},
     {"demo-data", t2i::cli::demo_data_command,
      "Write a small synthetic captioned image dataset (imagefolder + metadata.jsonl)."},
 };

@@ -330,11 +330,26 @@ void write_single_file_components(io::OutputFolder& out, const SingleFile& file,
 
 void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
                           const models::UNet2DConditionModel& unet,
-                          const nlohmann::json& scheduler_config, const std::string& variant) {
+                          const nlohmann::json& scheduler_config, const std::string& variant,
+                          const models::AutoencoderKL* vae) {
     const std::string pid = std::to_string(::getpid());
     if (base.single_file) write_single_file_components(out, *base.single_file, pid);
+    if (vae) {
+        out.claim("vae");
+        const std::string tmp = out.file("vae.tmp-" + pid);
+        try {
+            save_component_folder(tmp, (*vae)->config.raw, **vae,
+                                  "diffusion_pytorch_model.safetensors");
+        } catch (...) {
+            std::error_code ec;
+            fs::remove_all(tmp, ec);
+            throw;
+        }
+        move_dir_into_place(tmp, out.file("vae"));
+    }
     for (const auto& [name, lib_cls] : base.index.components) {
-        if (name == "unet" || name == "scheduler" || !io::dir_exists(base.component(name)))
+        if (name == "unet" || name == "scheduler" || (vae && name == "vae") ||
+            !io::dir_exists(base.component(name)))
             continue;
         const bool has_weights = name == "vae" || name == "text_encoder";
         out.claim(name);
