@@ -390,7 +390,7 @@ CaptionDataset CaptionDataset::open(const DatasetConfig& config,
     return CaptionDataset(config, std::move(index), std::move(tokenizer));
 }
 
-Example CaptionDataset::get(int64_t i, Rng& rng) const {
+Example CaptionDataset::get(int64_t i, Rng& rng, const TargetSize* target) const {
     const Record& rec = record(i);
     torch::Tensor image;
     Example ex;
@@ -400,7 +400,9 @@ Example CaptionDataset::get(int64_t i, Rng& rng) const {
         throw BadSampleError(e.what());
     }
     try {
-        ex.pixel_values = train_transform(image, config_.transform, rng, &ex.flipped);
+        ex.pixel_values =
+            target ? sized_transform(image, config_.transform, *target, &rng, nullptr, &ex.flipped)
+                   : train_transform(image, config_.transform, rng, &ex.flipped);
     } catch (const std::exception& e) {
         throw BadSampleError("image '" + rec.image_path + "': " + e.what());
     }
@@ -427,7 +429,11 @@ Example CaptionDataset::draw(int64_t i, Rng& rng) const {
     return ex;
 }
 
-torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
+io::ImageSize CaptionDataset::image_size(int64_t i) const {
+    return io::read_image_size(record(i).image_path);
+}
+
+torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip, const TargetSize* target) const {
     const Record& rec = record(i);
     torch::Tensor image;
     try {
@@ -436,7 +442,8 @@ torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
         throw BadSampleError(e.what());
     }
     try {
-        return fixed_transform(image, config_.transform, flip);
+        return target ? sized_transform(image, config_.transform, *target, nullptr, &flip)
+                      : fixed_transform(image, config_.transform, flip);
     } catch (const CropChoiceError& e) {  // a flag problem, not a bad image
         throw std::runtime_error("image '" + rec.image_path + "' " + e.what());
     } catch (const std::exception& e) {

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "data/transforms.h"
+#include "io/image_io.h"
 #include "tokenizer/clip_tokenizer.h"
 
 namespace t2i::data {
@@ -99,7 +100,9 @@ class CaptionDataset {
     // safe. Throws BadSampleError when the image cannot be read or decoded, or when resizing it
     // to --resolution would exceed the pixel budget (io::kMaxImagePixels; e.g. a 1,000,000 x 1
     // image).
-    Example get(int64_t i, Rng& rng) const;
+    // `target` (--enable_bucket): resize and crop to the image's bucket (sized_transform)
+    // instead of the --resolution square.
+    Example get(int64_t i, Rng& rng, const TargetSize* target = nullptr) const;
     // What get() draws and tokenizes, without decoding (pixel_values undefined): for cached
     // latents, built with fixed_pixels (no random crop with a choice, so get() draws only the
     // flip and the caption, and this draws exactly the same).
@@ -107,7 +110,9 @@ class CaptionDataset {
     // Record `i`'s pixels with the given flip (transforms.h fixed_transform). Throws
     // BadSampleError for an unreadable image (as get()), std::runtime_error (naming the image)
     // for a random crop with a choice.
-    torch::Tensor fixed_pixels(int64_t i, bool flip) const;
+    torch::Tensor fixed_pixels(int64_t i, bool flip, const TargetSize* target = nullptr) const;
+    // Record `i`'s image size from its header, without decoding (io::read_image_size).
+    io::ImageSize image_size(int64_t i) const;
     // The token ids [77] of a caption as get() makes them.
     torch::Tensor input_ids(const std::string& caption) const;
 
