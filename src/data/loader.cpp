@@ -22,6 +22,13 @@ constexpr uint64_t kTagEpoch   = 0x65706F6368ull;    // "epoch"
 constexpr uint64_t kTagSample  = 0x73616D706Cull;    // "sampl"
 constexpr uint64_t kTagBuckets = 0x6275636B6574ull;  // "bucket"
 
+// Rank r's rows of a step batch: [r*B, (r+1)*B) (accelerate's sharding); short or, past the
+// end, empty (drop_last=False).
+std::vector<int64_t> rank_rows(const std::vector<int64_t>& step, int64_t rank, int64_t bs) {
+    const int64_t n = int64_t(step.size()), off = std::min(n, rank * bs);
+    return {step.begin() + off, step.begin() + std::min(n, off + bs)};
+}
+
 }  // namespace
 
 uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
@@ -111,12 +118,8 @@ std::vector<int64_t> DataLoader::step_indices(int64_t epoch, int64_t k, int64_t*
 }
 
 std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t batch) const {
-    int64_t bucket   = -1;
-    const auto step  = step_indices(epoch, batch, &bucket);
-    const int64_t bs = config_.batch_size, n = int64_t(step.size());
-    const int64_t off = std::min(n, config_.rank * bs);  // accelerate's sharding
-    // drop_last=False: a short (or, past the end, empty) batch.
-    return {step.begin() + off, step.begin() + std::min(n, off + bs)};
+    int64_t bucket = -1;
+    return rank_rows(step_indices(epoch, batch, &bucket), config_.rank, config_.batch_size);
 }
 
 Example DataLoader::draw_without_decoding(int64_t index, Rng& rng) const {
@@ -131,18 +134,16 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
     Result result;
     try {
         const int64_t epoch = linear / batches_per_epoch_, k = linear % batches_per_epoch_;
-        int64_t bucket   = -1;
-        const auto step  = step_indices(epoch, k, &bucket);
-        const int64_t bs = config_.batch_size, rows = int64_t(step.size());
-        const int64_t off = std::min(rows, config_.rank * bs);
-        const std::vector<int64_t> indices(step.begin() + off,
-                                           step.begin() + std::min(rows, off + bs));
+        int64_t bucket           = -1;
+        const auto step          = step_indices(epoch, k, &bucket);
+        const int64_t bs         = config_.batch_size;
+        const auto indices       = rank_rows(step, config_.rank, bs);
         const int64_t step_first = k * config_.world_size * bs;
         const int64_t first      = step_first + config_.rank * bs;
         Batch batch;
         batch.epoch         = epoch;
         batch.global_offset = first - step_first;  // rank x batch size
-        batch.global_size   = rows;
+        batch.global_size   = int64_t(step.size());
         if (bucket >= 0) {
             batch.width  = config_.buckets->buckets()[size_t(bucket)].width;
             batch.height = config_.buckets->buckets()[size_t(bucket)].height;

@@ -97,6 +97,12 @@ void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
         log_warn(
             "--min_bucket_reso / --max_bucket_reso / --bucket_reso_steps / --bucket_no_upscale "
             "have no effect without --enable_bucket");
+    if (c.enable_bucket && c.bucket_no_upscale &&
+        (c.min_bucket_reso != defaults.min_bucket_reso ||
+         c.max_bucket_reso != defaults.max_bucket_reso))
+        log_warn(
+            "--min_bucket_reso / --max_bucket_reso are ignored with --bucket_no_upscale: each "
+            "bucket comes from its image's size (as kohya)");
     if (c.zero_stage == 1 && !dp.active())
         log_warn("--zero_stage 1 has no effect with one process");
 }

@@ -285,7 +285,8 @@ TrainResult train(const TrainConfig& c) {
     auto dataset   = std::make_shared<const data::CaptionDataset>(
         data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
     dp.check_dataset_size(dataset->size());          // else the ranks disagree on steps per epoch
-    const auto buckets = plan_buckets(c, *dataset);  // --enable_bucket (same on every rank)
+    const auto buckets = plan_buckets(c, *dataset);  // --enable_bucket: from image headers
+    if (buckets) dp.check_dataset_size(buckets->images());  // readable on every rank alike
     std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
 
     // 2. Scheduler and models: the frozen VAE and text encoder in the weight dtype, the UNet in
