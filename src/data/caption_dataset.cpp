@@ -25,9 +25,6 @@ using json   = nlohmann::ordered_json;  // keeps the columns in file order, as H
 
 namespace {
 
-// A sidecar caption is a line of text; a larger file is not a caption file.
-constexpr uint64_t kMaxCaptionFileBytes = 1 << 20;
-
 // Extensions of Hugging Face's imagefolder (the common part); t2i decodes PNG, JPEG and WebP
 // and reports the others by path when they are loaded.
 std::string lower_ext(const fs::path& p) {
@@ -228,21 +225,6 @@ void index_record_files(const std::vector<fs::path>& files, const DatasetConfig&
 // kohya-ss: the first line of <stem>.txt or <stem>.caption; images without one get an empty
 // caption with a warning, as kohya does. UTF-16 files (with a byte-order mark) are converted;
 // other encodings are an error naming the file.
-bool read_sidecar(const fs::path& image, std::string* caption) {
-    for (const char* ext : {".txt", ".caption"}) {
-        fs::path side = image;
-        side.replace_extension(ext);
-        if (!io::file_exists(side.string())) continue;
-        std::istringstream in(io::read_utf8_file(side.string(), kMaxCaptionFileBytes));
-        std::string line;
-        std::getline(in, line);
-        const auto b = line.find_first_not_of(" \t\r\n"), e = line.find_last_not_of(" \t\r\n");
-        *caption = b == std::string::npos ? "" : line.substr(b, e - b + 1);
-        return true;
-    }
-    return false;
-}
-
 // The repeat folder an image lies in: the first component of its path below `dir`.
 std::pair<int64_t, std::string> repeat_of(const fs::path& image, const std::string& dir) {
     const auto rel = image.lexically_normal().lexically_relative(fs::path(dir).lexically_normal());
@@ -429,33 +411,6 @@ DatasetIndex index_dataset(const DatasetConfig& cfg) {
     return index;
 }
 
-namespace {
-
-// The text encoder sees model_max_length (77) tokens; the script truncates silently. One
-// warning names how many captions lose words, and the first.
-void warn_truncated_captions(const DatasetIndex& index, const tokenizer::CLIPTokenizer& tok,
-                             tokenizer::TextCleanMode mode) {
-    std::set<std::string> seen;
-    int64_t truncated = 0, longest = 0;
-    std::string first;
-    for (const auto& rec : index.records)
-        for (const auto& caption : rec.captions) {
-            if (!seen.insert(caption).second) continue;
-            const auto n = static_cast<int64_t>(tok.encode(caption, mode).size());
-            if (n <= tok.model_max_length()) continue;
-            if (truncated++ == 0) first = caption;
-            longest = std::max(longest, n);
-        }
-    if (truncated > 0)
-        log_warn(
-            "%lld captions are longer than the text encoder's %lld tokens (the longest %lld) and "
-            "are cut there, as the script does, e.g. '%.80s...'",
-            static_cast<long long>(truncated), static_cast<long long>(tok.model_max_length()),
-            static_cast<long long>(longest), first.c_str());
-}
-
-}  // namespace
-
 CaptionDataset CaptionDataset::open(const DatasetConfig& config,
                                     tokenizer::CLIPTokenizer tokenizer) {
     DatasetIndex index = index_dataset(config);
@@ -480,12 +435,14 @@ torch::Tensor CaptionDataset::decode(const Record& rec) const {
     }
 }
 
-Example CaptionDataset::get(int64_t i, Rng& rng) const {
+Example CaptionDataset::get(int64_t i, Rng& rng, const TargetSize* target) const {
     const Record& rec         = record(i);
     const torch::Tensor image = decode(rec);
     Example ex;
     try {
-        ex.pixel_values = train_transform(image, config_.transform, rng, &ex.flipped);
+        ex.pixel_values =
+            target ? sized_transform(image, config_.transform, *target, &rng, nullptr, &ex.flipped)
+                   : train_transform(image, config_.transform, rng, &ex.flipped);
     } catch (const std::exception& e) {
         throw BadSampleError("image '" + rec.image_path + "': " + e.what());
     }
@@ -507,37 +464,6 @@ void CaptionDataset::choose_caption(const Record& rec, Rng& rng, Example* ex) co
     ex->input_ids = input_ids(ex->caption);  // [77]
 }
 
-std::string shuffle_caption_tags(const std::string& caption, int64_t keep_tokens, Rng& rng) {
-    std::vector<std::string> tags;
-    size_t start = 0;
-    while (true) {
-        const auto comma = caption.find(',', start);
-        auto tag =
-            caption.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        const auto b = tag.find_first_not_of(" \t\r\n"), e = tag.find_last_not_of(" \t\r\n");
-        tags.push_back(b == std::string::npos ? "" : tag.substr(b, e - b + 1));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-    }
-    const size_t keep =
-        std::min(tags.size(), static_cast<size_t>(std::max<int64_t>(0, keep_tokens)));
-    for (size_t i = tags.size(); i > keep + 1; --i) {  // Fisher-Yates over the flexible tags
-        const size_t j = keep + rng_uniform_index(rng, i - keep);
-        std::swap(tags[i - 1], tags[j]);
-    }
-    std::string out;
-    for (size_t i = 0; i < tags.size(); ++i) out += (i ? ", " : "") + tags[i];
-    return out;
-}
-
-std::pair<int64_t, std::string> parse_repeat_folder(const std::string& folder_name) {
-    static const std::regex kRepeat(R"(^([0-9]{1,6})_(.+)$)");
-    std::smatch m;
-    if (!std::regex_match(folder_name, m, kRepeat)) return {0, ""};
-    const int64_t n = std::stoll(m[1].str());
-    return n >= 1 ? std::make_pair(n, m[2].str()) : std::make_pair(int64_t(0), std::string());
-}
-
 torch::Tensor CaptionDataset::input_ids(const std::string& caption) const {
     return torch::tensor(tokenizer_(caption, config_.text_clean).input_ids, torch::kInt64);
 }
@@ -549,11 +475,20 @@ Example CaptionDataset::draw(int64_t i, Rng& rng) const {
     return ex;
 }
 
-torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip) const {
+io::ImageSize CaptionDataset::image_size(int64_t i) const {
+    const Record& rec = record(i);
+    if (rec.shard_row.shard < 0) return io::read_image_size(rec.image_path);
+    // A row of a Parquet / Arrow dataset: the header of its image bytes.
+    return io::read_image_size_bytes(index_.shard_reader->image_bytes(rec.shard_row),
+                                     rec.image_path);
+}
+
+torch::Tensor CaptionDataset::fixed_pixels(int64_t i, bool flip, const TargetSize* target) const {
     const Record& rec         = record(i);
     const torch::Tensor image = decode(rec);
     try {
-        return fixed_transform(image, config_.transform, flip);
+        return target ? sized_transform(image, config_.transform, *target, nullptr, &flip)
+                      : fixed_transform(image, config_.transform, flip);
     } catch (const CropChoiceError& e) {  // a flag problem, not a bad image
         throw std::runtime_error("image '" + rec.image_path + "' " + e.what());
     } catch (const std::exception& e) {

@@ -25,12 +25,14 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "data/arrow_dataset.h"
 #include "data/transforms.h"
+#include "io/image_io.h"
 #include "tokenizer/clip_tokenizer.h"
 
 namespace t2i::data {
@@ -52,6 +54,10 @@ std::string shuffle_caption_tags(const std::string& caption, int64_t keep_tokens
 
 // kohya's repeat folders: "<N>_<name>" (N >= 1) -> {N, name}; {0, ""} for any other name.
 std::pair<int64_t, std::string> parse_repeat_folder(const std::string& folder_name);
+
+// kohya's sidecar caption of an image: the first line of `<stem>.txt`, else `<stem>.caption`,
+// trimmed; false when there is neither (data/kohya_captions.cpp).
+bool read_sidecar(const std::filesystem::path& image, std::string* caption);
 
 struct DatasetConfig {
     std::string dataset_name;              // --dataset_name: local dataset folder or data file
@@ -118,6 +124,12 @@ struct Example {
 // metadata or caption file that is not UTF-8 or UTF-16 text; an empty dataset.
 DatasetIndex index_dataset(const DatasetConfig& config);
 
+struct DatasetIndex;
+// Says once how many of the index's captions are longer than the tokenizer's model_max_length
+// (the text encoder cuts them there, as the script does), the longest and the first.
+void warn_truncated_captions(const DatasetIndex& index, const tokenizer::CLIPTokenizer& tok,
+                             tokenizer::TextCleanMode mode);
+
 class CaptionDataset {
   public:
     static CaptionDataset open(const DatasetConfig& config, tokenizer::CLIPTokenizer tokenizer);
@@ -134,7 +146,9 @@ class CaptionDataset {
     // safe. Throws BadSampleError when the image cannot be read or decoded, or when resizing it
     // to --resolution would exceed the pixel budget (io::kMaxImagePixels; e.g. a 1,000,000 x 1
     // image).
-    Example get(int64_t i, Rng& rng) const;
+    // `target` (--enable_bucket): resize and crop to the image's bucket (sized_transform)
+    // instead of the --resolution square.
+    Example get(int64_t i, Rng& rng, const TargetSize* target = nullptr) const;
     // What get() draws and tokenizes, without decoding (pixel_values undefined): for cached
     // latents, built with fixed_pixels (no random crop with a choice, so get() draws only the
     // flip and the caption, and this draws exactly the same).
@@ -142,7 +156,9 @@ class CaptionDataset {
     // Record `i`'s pixels with the given flip (transforms.h fixed_transform). Throws
     // BadSampleError for an unreadable image (as get()), std::runtime_error (naming the image)
     // for a random crop with a choice.
-    torch::Tensor fixed_pixels(int64_t i, bool flip) const;
+    torch::Tensor fixed_pixels(int64_t i, bool flip, const TargetSize* target = nullptr) const;
+    // Record `i`'s image size from its header, without decoding (io::read_image_size).
+    io::ImageSize image_size(int64_t i) const;
     // The token ids [77] of a caption as get() makes them.
     torch::Tensor input_ids(const std::string& caption) const;
 

@@ -18,8 +18,16 @@ uint64_t splitmix64(uint64_t x) {
 }
 
 // Domain tags so that the epoch generator never equals a sample generator.
-constexpr uint64_t kTagEpoch  = 0x65706F6368ull;  // "epoch"
-constexpr uint64_t kTagSample = 0x73616D706Cull;  // "sampl"
+constexpr uint64_t kTagEpoch   = 0x65706F6368ull;    // "epoch"
+constexpr uint64_t kTagSample  = 0x73616D706Cull;    // "sampl"
+constexpr uint64_t kTagBuckets = 0x6275636B6574ull;  // "bucket"
+
+// Rank r's rows of a step batch: [r*B, (r+1)*B) (accelerate's sharding); short or, past the
+// end, empty (drop_last=False).
+std::vector<int64_t> rank_rows(const std::vector<int64_t>& step, int64_t rank, int64_t bs) {
+    const int64_t n = int64_t(step.size()), off = std::min(n, rank * bs);
+    return {step.begin() + off, step.begin() + std::min(n, off + bs)};
+}
 
 }  // namespace
 
@@ -42,6 +50,11 @@ DataLoader::DataLoader(std::shared_ptr<const CaptionDataset> dataset, LoaderConf
     TORCH_CHECK(config_.prefetch_factor >= 1, "DataLoader: prefetch_factor must be >= 1");
     const int64_t step_size = config_.batch_size * config_.world_size;
     batches_per_epoch_      = (dataset_->size() + step_size - 1) / step_size;
+    if (config_.buckets) {
+        TORCH_CHECK(int64_t(config_.buckets->dataset_size()) == dataset_->size(),
+                    "DataLoader: the bucket plan is for another dataset");
+        batches_per_epoch_ = config_.buckets->batches_per_epoch(step_size);
+    }
     for (int i = 0; i < config_.num_workers; ++i) {
         try {
             workers_.emplace_back([this] { worker_loop(); });
@@ -80,14 +93,33 @@ std::shared_ptr<const std::vector<int64_t>> DataLoader::permutation(int64_t epoc
     return perm;
 }
 
+std::shared_ptr<const std::vector<BucketBatch>> DataLoader::bucket_batches(int64_t epoch) const {
+    std::lock_guard<std::mutex> lock(perm_mutex_);
+    auto it = bucket_batches_.find(epoch);
+    if (it != bucket_batches_.end()) return it->second;
+    Rng rng(mix_seed(config_.seed, kTagBuckets, static_cast<uint64_t>(epoch)));
+    auto batches = std::make_shared<const std::vector<BucketBatch>>(
+        config_.buckets->epoch_batches(rng, config_.batch_size * config_.world_size));
+    bucket_batches_[epoch] = batches;
+    while (bucket_batches_.size() > 4) bucket_batches_.erase(bucket_batches_.begin());
+    return batches;
+}
+
+std::vector<int64_t> DataLoader::step_indices(int64_t epoch, int64_t k, int64_t* bucket) const {
+    *bucket = -1;
+    if (config_.buckets) {
+        const auto& batch = bucket_batches(epoch)->at(static_cast<size_t>(k));
+        *bucket           = batch.bucket;
+        return batch.indices;
+    }
+    const int64_t n = dataset_->size(), step = config_.batch_size * config_.world_size;
+    const auto perm = permutation(epoch);
+    return {perm->begin() + std::min(n, k * step), perm->begin() + std::min(n, (k + 1) * step)};
+}
+
 std::vector<int64_t> DataLoader::batch_indices(int64_t epoch, int64_t batch) const {
-    const int64_t n = dataset_->size(), bs = config_.batch_size;
-    const auto perm      = permutation(epoch);
-    const int64_t global = batch * config_.world_size + config_.rank;  // accelerate's sharding
-    std::vector<int64_t> out;
-    for (int64_t p = global * bs; p < std::min(n, (global + 1) * bs); ++p)
-        out.push_back((*perm)[p]);  // drop_last=False: a short (or, past the end, empty) batch
-    return out;
+    int64_t bucket = -1;
+    return rank_rows(step_indices(epoch, batch, &bucket), config_.rank, config_.batch_size);
 }
 
 Example DataLoader::draw_without_decoding(int64_t index, Rng& rng) const {
@@ -102,21 +134,29 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
     Result result;
     try {
         const int64_t epoch = linear / batches_per_epoch_, k = linear % batches_per_epoch_;
-        const auto indices       = batch_indices(epoch, k);
-        const int64_t step_first = k * config_.world_size * config_.batch_size;
-        const int64_t first      = step_first + config_.rank * config_.batch_size;
+        int64_t bucket           = -1;
+        const auto step          = step_indices(epoch, k, &bucket);
+        const int64_t bs         = config_.batch_size;
+        const auto indices       = rank_rows(step, config_.rank, bs);
+        const int64_t step_first = k * config_.world_size * bs;
+        const int64_t first      = step_first + config_.rank * bs;
         Batch batch;
         batch.epoch         = epoch;
         batch.global_offset = first - step_first;  // rank x batch size
-        batch.global_size =
-            std::min(dataset_->size() - step_first, config_.world_size * config_.batch_size);
+        batch.global_size   = int64_t(step.size());
+        if (bucket >= 0) {
+            batch.width  = config_.buckets->buckets()[size_t(bucket)].width;
+            batch.height = config_.buckets->buckets()[size_t(bucket)].height;
+        }
         std::vector<torch::Tensor> pixels, ids;
         for (size_t j = 0; j < indices.size(); ++j) {
             // The generator depends on the permutation position, not on the rank or thread.
             Rng rng(mix_seed(config_.seed, kTagSample, static_cast<uint64_t>(epoch),
                              static_cast<uint64_t>(first + static_cast<int64_t>(j))));
             try {
-                Example ex = config_.decode_images ? dataset_->get(indices[j], rng)
+                const TargetSize* target =
+                    config_.buckets ? &config_.buckets->target(indices[j]) : nullptr;
+                Example ex = config_.decode_images ? dataset_->get(indices[j], rng, target)
                                                    : draw_without_decoding(indices[j], rng);
                 if (config_.decode_images) pixels.push_back(ex.pixel_values);
                 ids.push_back(ex.input_ids);
@@ -139,7 +179,7 @@ DataLoader::Result DataLoader::build(int64_t linear) const {
                 auto out = torch::empty(shape, parts[0].options().pinned_memory(true));
                 return torch::stack_out(out, parts);
             };
-            if (!pixels.empty()) batch.pixel_values = stack(pixels);  // [B, 3, R, R]
+            if (!pixels.empty()) batch.pixel_values = stack(pixels);  // [B, 3, H, W]
             batch.input_ids = stack(ids);                             // [B, 77]
             result.batch    = std::move(batch);
         } else if (config_.world_size > 1) {

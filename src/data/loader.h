@@ -18,6 +18,13 @@
 //     each sample is seen once per epoch, and a rank past the end gets a smaller or an empty
 //     batch (its gradient weight in the step is its share of the samples; see the trainer).
 //     With world_size = 1 the last batch of an epoch may be smaller (drop_last=False).
+//   Buckets (config.buckets, --enable_bucket; data/buckets.h): the epoch is a list of "step
+//     batches" of up to W x B images of one bucket each (BucketPlan::epoch_batches with
+//     Rng(mix(seed, epoch)) and batch size W x B), and batch k of rank r is rows [r*B, (r+1)*B)
+//     of step batch k: the same sharding and per-sample seeding as above, with step batch k in
+//     place of permutation positions [k*W*B, (k+1)*W*B). So W ranks still train like one
+//     process with batch W x B, and every rank knows the step's bucket (pixel size), even with
+//     no sample. batches_per_epoch = sum over buckets of ceil(images / (W*B)).
 //   Bad images: BadSampleError propagates from next() naming the path, unless skip_bad_samples
 //     is set: then the sample is left out of its batch (a batch may be smaller; a batch with no
 //     good sample is skipped with one process and delivered empty with several, so that the
@@ -40,6 +47,7 @@
 #include <thread>
 #include <vector>
 
+#include "data/buckets.h"
 #include "data/caption_dataset.h"
 
 namespace t2i::data {
@@ -58,6 +66,8 @@ struct LoaderConfig {
     // could not read (index -> reason), which are skipped as unreadable images are.
     bool decode_images = true;
     std::shared_ptr<const std::map<int64_t, std::string>> bad_samples;
+    // --enable_bucket: batches of one aspect-ratio bucket each (see above); null: squares.
+    std::shared_ptr<const BucketPlan> buckets;
 };
 
 // The next batch next() will return: (epoch, batch index within the epoch on this rank).
@@ -67,12 +77,15 @@ struct LoaderPosition {
 };
 
 struct Batch {
-    torch::Tensor pixel_values;          // float32 [B, 3, R, R]; undefined without decode_images
+    torch::Tensor pixel_values;          // float32 [B, 3, H, W]; undefined without decode_images
     torch::Tensor input_ids;             // int64 [B, 77]
     std::vector<int64_t> indices;        // [B] dataset indices; empty: this rank has no sample
     std::vector<uint8_t> flipped;        // [B] --random_flip mirrored sample b
     std::vector<int64_t> caption_index;  // [B] which of the record's captions
     int64_t epoch = 0;
+    // Every sample's pixel size (its bucket's, also with no sample or no decoding); 0 x 0: the
+    // --resolution square (no buckets).
+    int64_t height = 0, width = 0;
     // This rank's part of the optimizer step's samples over all ranks (before bad samples are
     // left out): positions [global_offset, global_offset + B) of global_size.
     int64_t global_offset = 0;
@@ -102,6 +115,7 @@ class DataLoader {
     // checkpoint at position() = (e, k), seek(e, k) makes next() return exactly that batch.
     void seek(int64_t epoch, int64_t batch);
 
+    bool bucketed() const { return config_.buckets != nullptr; }  // --enable_bucket
     int64_t skipped() const { return skipped_; }  // bad samples left out (skip_bad_samples)
 
     // Dataset indices of batch `batch` of `epoch` on this rank, in batch order.
@@ -118,6 +132,10 @@ class DataLoader {
     Result build(int64_t linear) const;  // builds batch number epoch * per_epoch + batch
     Example draw_without_decoding(int64_t index, Rng& rng) const;
     std::shared_ptr<const std::vector<int64_t>> permutation(int64_t epoch) const;
+    // --enable_bucket: the step batches of `epoch` (W x B images of one bucket each).
+    std::shared_ptr<const std::vector<BucketBatch>> bucket_batches(int64_t epoch) const;
+    // The indices of step batch k (all ranks' samples) and its bucket (-1 without buckets).
+    std::vector<int64_t> step_indices(int64_t epoch, int64_t k, int64_t* bucket) const;
     void worker_loop();
     void stop_workers();  // stops and joins every started worker
 
@@ -149,6 +167,7 @@ class DataLoader {
     // Permutations of recent epochs, shared by the workers.
     mutable std::mutex perm_mutex_;
     mutable std::map<int64_t, std::shared_ptr<const std::vector<int64_t>>> perms_;
+    mutable std::map<int64_t, std::shared_ptr<const std::vector<BucketBatch>>> bucket_batches_;
 };
 
 }  // namespace t2i::data

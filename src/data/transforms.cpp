@@ -327,9 +327,10 @@ std::pair<int64_t, int64_t> checked_resized_size(const torch::Tensor& image, int
 }
 
 // RandomCrop.get_params: top, then left, uniform over the positions that fit.
-std::pair<int64_t, int64_t> random_crop_offsets(int64_t h, int64_t w, int64_t size, Rng& rng) {
-    const auto top  = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(h - size + 1)));
-    const auto left = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(w - size + 1)));
+std::pair<int64_t, int64_t> random_crop_offsets(int64_t h, int64_t w, int64_t crop_h,
+                                                int64_t crop_w, Rng& rng) {
+    const auto top  = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(h - crop_h + 1)));
+    const auto left = static_cast<int64_t>(rng_uniform_index(rng, uint64_t(w - crop_w + 1)));
     return {top, left};
 }
 
@@ -391,7 +392,7 @@ torch::Tensor random_crop(const torch::Tensor& image, int64_t size, Rng& rng) {
     const int64_t h = image.size(0), w = image.size(1);
     TORCH_CHECK(h >= size && w >= size, "random_crop: image ", h, "x", w, " smaller than ", size);
     if (h == size && w == size) return image;  // RandomCrop.get_params draws nothing
-    const auto [top, left] = random_crop_offsets(h, w, size, rng);
+    const auto [top, left] = random_crop_offsets(h, w, size, size, rng);
     return image.slice(0, top, top + size).slice(1, left, left + size).contiguous();
 }
 
@@ -412,51 +413,76 @@ bool draw_flip(const TransformConfig& config, Rng& rng) {
 
 namespace {
 
-// The crop window's offsets in the resized image, drawing as RandomCrop.get_params (top, then
-// left; nothing when the crop has no choice) unless center_crop. `rng` null: no random crop
-// allowed where it would have a choice (cached latents).
-std::pair<int64_t, int64_t> crop_offsets(int64_t h, int64_t w, const TransformConfig& config,
-                                         Rng* rng) {
-    const int64_t r = config.resolution;
-    TORCH_CHECK(h >= r && w >= r, "crop: image ", h, "x", w, " smaller than ", r);
-    if (config.center_crop) return {center_offset(h - r), center_offset(w - r)};
-    if (h == r && w == r) return {0, 0};
+// The crop window's offsets (crop_h x crop_w) in the resized image (h x w), drawing as
+// RandomCrop.get_params (top, then left; nothing when the crop has no choice) unless
+// center_crop. `rng` null: no random crop allowed where it would have a choice (cached latents).
+std::pair<int64_t, int64_t> crop_offsets(int64_t h, int64_t w, int64_t crop_h, int64_t crop_w,
+                                         const TransformConfig& config, Rng* rng) {
+    TORCH_CHECK(h >= crop_h && w >= crop_w, "crop: image ", h, "x", w, " smaller than ", crop_h,
+                "x", crop_w);
+    if (config.center_crop) return {center_offset(h - crop_h), center_offset(w - crop_w)};
+    if (h == crop_h && w == crop_w) return {0, 0};
     if (!rng)
         throw CropChoiceError(
-            "is " + std::to_string(w) + "x" + std::to_string(h) +
-            " after resizing to --resolution " + std::to_string(r) +
-            ", so a random crop (the default without --center_crop) picks a different part "
+            "is " + std::to_string(w) + "x" + std::to_string(h) + " after resizing for a " +
+            std::to_string(crop_w) + "x" + std::to_string(crop_h) +
+            " crop, so a random crop (the default without --center_crop) picks a different part "
             "each epoch, which cached latents cannot hold; add --center_crop, or crop the images "
-            "to squares");
-    return random_crop_offsets(h, w, r, *rng);
+            "to the training size");
+    return random_crop_offsets(h, w, crop_h, crop_w, *rng);
 }
 
-// Resize -> crop -> flip -> normalize in one pass over what the crop keeps: only the kept pixels
-// are resampled (resize_crop), and flip and normalize write the float result directly.
-torch::Tensor transform(const torch::Tensor& image, const TransformConfig& config, Rng* rng,
-                        const bool* fixed_flip, bool* flipped) {
-    check_image(image, "train_transform");
-    const int64_t r        = config.resolution;
-    const auto [h, w]      = checked_resized_size(image, r);
-    const auto [top, left] = crop_offsets(h, w, config, rng);
+// Resize to h x w -> crop crop_h x crop_w -> flip -> normalize in one pass over what the crop
+// keeps: only the kept pixels are resampled (resize_crop), and flip and normalize write the
+// float result directly.
+torch::Tensor transform(const torch::Tensor& image, const TransformConfig& config, int64_t h,
+                        int64_t w, int64_t crop_h, int64_t crop_w, Rng* rng, const bool* fixed_flip,
+                        bool* flipped) {
+    const auto [top, left] = crop_offsets(h, w, crop_h, crop_w, config, rng);
     const bool flip = fixed_flip ? *fixed_flip : draw_flip(config, *rng);  // RandomHorizontalFlip
     if (flipped) *flipped = flip;
-    const auto crop = h == image.size(0) && w == image.size(1)  // Resize returns it as is
-                          ? image.slice(0, top, top + r).slice(1, left, left + r)
-                          : resize_crop(image, h, w, top, left, r, r, config.interpolation);
+    const auto crop =
+        h == image.size(0) && w == image.size(1)  // Resize returns it as is
+            ? image.slice(0, top, top + crop_h).slice(1, left, left + crop_w)
+            : resize_crop(image, h, w, top, left, crop_h, crop_w, config.interpolation);
     return normalize_into_chw(crop, flip);
+}
+
+// The square path: the shorter side to --resolution, a resolution x resolution crop.
+torch::Tensor square_transform(const torch::Tensor& image, const TransformConfig& config, Rng* rng,
+                               const bool* fixed_flip, bool* flipped) {
+    check_image(image, "train_transform");
+    const int64_t r   = config.resolution;
+    const auto [h, w] = checked_resized_size(image, r);
+    return transform(image, config, h, w, r, r, rng, fixed_flip, flipped);
 }
 
 }  // namespace
 
 torch::Tensor train_transform(const torch::Tensor& image, const TransformConfig& config, Rng& rng,
                               bool* flipped) {
-    return transform(image, config, &rng, nullptr, flipped);
+    return square_transform(image, config, &rng, nullptr, flipped);
 }
 
 torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config,
                               bool flip) {
-    return transform(image, config, nullptr, &flip, nullptr);
+    return square_transform(image, config, nullptr, &flip, nullptr);
+}
+
+torch::Tensor sized_transform(const torch::Tensor& image, const TransformConfig& config,
+                              const TargetSize& target, Rng* rng, const bool* fixed_flip,
+                              bool* flipped) {
+    check_image(image, "sized_transform");
+    TORCH_CHECK(target.resized_w >= target.width && target.resized_h >= target.height &&
+                    target.width > 0 && target.height > 0,
+                "sized_transform: a ", target.width, "x", target.height, " crop of a ",
+                target.resized_w, "x", target.resized_h, " resize");
+    if (uint64_t(target.resized_w) * uint64_t(target.resized_h) > io::kMaxImagePixels)
+        throw std::runtime_error("resizing it to " + std::to_string(target.resized_w) + " x " +
+                                 std::to_string(target.resized_h) + " exceeds the " +
+                                 std::to_string(io::kMaxImagePixels) + "-pixel budget");
+    return transform(image, config, target.resized_h, target.resized_w, target.height, target.width,
+                     rng, fixed_flip, flipped);
 }
 
 }  // namespace t2i::data

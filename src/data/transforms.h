@@ -109,4 +109,17 @@ struct CropChoiceError : std::runtime_error {
 // naming the size.
 torch::Tensor fixed_transform(const torch::Tensor& image, const TransformConfig& config, bool flip);
 
+// An aspect-ratio bucket's transform (data/buckets.h): resize the whole image to
+// resized_w x resized_h (its aspect kept, covering the bucket), then crop width x height.
+struct TargetSize {
+    int64_t resized_w = 0, resized_h = 0;
+    int64_t width = 0, height = 0;
+};
+// train_transform (rng set, fixed_flip null) or fixed_transform (rng null, fixed_flip set) to
+// `target` instead of the --resolution square: the same crop (center or random: top, then
+// left), flip and normalization. uint8 [H, W, 3] -> float32 [3, target.height, target.width].
+torch::Tensor sized_transform(const torch::Tensor& image, const TransformConfig& config,
+                              const TargetSize& target, Rng* rng, const bool* fixed_flip,
+                              bool* flipped = nullptr);
+
 }  // namespace t2i::data

@@ -31,6 +31,18 @@ torch::Tensor decode_image(const std::string& path);
 // Same, from bytes in memory; `name` is used in error messages.
 torch::Tensor decode_image_bytes(std::string_view bytes, const std::string& name);
 
+// An image's size as decode_image would give it, read from the file's header alone (PNG IHDR,
+// JPEG start of frame through libjpeg's jpeg_read_header, WebP canvas through WebPGetInfo):
+// a header of a few hundred bytes, not the pixels. Throws as decode_image does for unknown
+// formats, bad headers and images above kMaxImagePixels; a file whose pixel data is corrupt
+// past a good header passes here and fails in decode_image. (image_size.cpp)
+struct ImageSize {
+    int64_t width  = 0;
+    int64_t height = 0;
+};
+ImageSize read_image_size(const std::string& path);
+ImageSize read_image_size_bytes(std::string_view bytes, const std::string& name);
+
 // 8-bit RGB PNG of a uint8 [H, W, 3] tensor, written atomically (temp name, fsync, rename).
 void write_png(const std::string& path, const torch::Tensor& rgb_u8_hwc);
 

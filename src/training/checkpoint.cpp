@@ -363,10 +363,21 @@ int64_t resume_training(const TrainConfig& c, DataParallel& dp, const TrainingSt
     const int64_t saved_w = state.extra.value("world_size", int64_t(1));
     const int64_t saved_b = state.extra.value("train_batch_size", c.train_batch_size);
     const int64_t B       = c.train_batch_size;
-    const int64_t batch   = convert_loader_batch(state.loader.batch, saved_w, saved_b, W, B,
-                                                 dataset_size, t.loader.batches_per_epoch());
-    const int64_t seen    = state.loader.batch * saved_w * saved_b;
-    if (batch < t.loader.batches_per_epoch() && batch * W * B != seen)
+    int64_t batch = convert_loader_batch(state.loader.batch, saved_w, saved_b, W, B, dataset_size,
+                                         t.loader.batches_per_epoch());
+    if (t.loader.bucketed()) {
+        // Bucketed step batches hold W x B images of one bucket: the same W x B gives the same
+        // batches; another cuts the buckets differently, so the epoch starts again.
+        batch = saved_w * saved_b == W * B ? state.loader.batch : 0;
+        if (batch == 0 && state.loader.batch > 0)
+            log_warn(
+                "the checkpoint was written by %lld process(es) x batch %lld; with "
+                "--enable_bucket another processes x batch cuts the buckets into other batches, "
+                "so epoch %lld starts again from its first batch",
+                (long long)saved_w, (long long)saved_b, (long long)state.loader.epoch);
+    }
+    const int64_t seen = state.loader.batch * saved_w * saved_b;
+    if (!t.loader.bucketed() && batch < t.loader.batches_per_epoch() && batch * W * B != seen)
         log_warn(
             "the checkpoint was written by %lld process(es) x batch %lld: this epoch continues at "
             "sample %lld, the checkpoint had seen %lld (%lld samples are seen again)",

@@ -121,9 +121,74 @@ std::vector<torch::Tensor> distinct_token_ids(const data::CaptionDataset& ds,
     return ids;
 }
 
-void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepModels& m,
-                   torch::ScalarType weight_dtype, io::OutputFolder* out, torch::Device device,
-                   FeatureCache* cache) {
+// --enable_bucket: each image's bucket and row there (the plan's); the bucket tensors unset.
+void set_bucket_rows(const data::BucketPlan& plan, FeatureCache* cache) {
+    for (int64_t i = 0; i < plan.dataset_size(); ++i) {
+        cache->bucket_of.push_back(plan.bucket_of(i));
+        cache->bucket_row.push_back(plan.row_in_bucket(i));
+    }
+    cache->bucket_mean.assign(plan.buckets().size(), torch::Tensor());
+    cache->bucket_std.assign(plan.buckets().size(), torch::Tensor());
+}
+
+// A bucket's name in a latent cache file: "WxH" (tensors "mean.WxH", "std.WxH").
+std::string bucket_name(const data::BucketSize& b) {
+    return std::to_string(b.width) + "x" + std::to_string(b.height);
+}
+
+// Image stamp (or bucket name) -> [flips, Z, h, w] posterior mean and std.
+using LatentRows = std::map<std::string, std::pair<torch::Tensor, torch::Tensor>>;
+
+// The rows of an earlier latent cache file made from `made_from` (its images aside), by image
+// stamp. Empty when there is no such file or it is damaged.
+LatentRows read_old_latents(const std::string& file, const json& made_from, int64_t flips) {
+    LatentRows old_rows;
+    const json rec = read_record(file, "latent");
+    if (rec.is_null()) return old_rows;
+    json key = rec;
+    key.erase("images");
+    key.erase("rows");
+    if (key != made_from || !rec.contains("images") || !rec["images"].is_array()) {
+        log_info(
+            "latent cache '%s' was made from other VAE weights or transform flags; encoding "
+            "every image again",
+            file.c_str());
+        return old_rows;
+    }
+    try {
+        io::SafetensorsFile f(file);
+        const auto& images  = rec["images"];
+        const bool bucketed = rec.contains("rows");  // --enable_bucket: [bucket, row] per image
+        LatentRows groups;
+        for (size_t j = 0; j < images.size(); ++j) {
+            std::string name;
+            int64_t row = int64_t(j);
+            if (bucketed) {
+                const auto& r = rec["rows"].at(j);
+                if (r.is_null()) continue;
+                name = "." + r.at(0).get<std::string>();
+                row  = r.at(1).get<int64_t>();
+            }
+            if (!groups.count(name)) groups[name] = {f.get("mean" + name), f.get("std" + name)};
+            const auto& [mean, stdev] = groups[name];
+            if (mean.sizes() != stdev.sizes() || mean.dim() != 4 || row < 0 ||
+                mean.size(0) < (row + 1) * flips ||
+                (!bucketed && mean.size(0) != int64_t(images.size()) * flips))
+                throw std::runtime_error("unexpected tensor shapes");
+            old_rows[images[j].dump()] = {mean.narrow(0, row * flips, flips),
+                                          stdev.narrow(0, row * flips, flips)};
+        }
+    } catch (const std::exception& e) {
+        old_rows.clear();
+        log_warn("latent cache '%s' is damaged (%s); encoding every image again", file.c_str(),
+                 e.what());
+    }
+    return old_rows;
+}
+
+void build_latents(const TrainConfig& c, const data::CaptionDataset& ds,
+                   const data::BucketPlan* plan, StepModels& m, torch::ScalarType weight_dtype,
+                   io::OutputFolder* out, torch::Device device, FeatureCache* cache) {
     const int64_t n = ds.size(), flips = c.random_flip ? 2 : 1;
     // What a disk cache was made from (the weights hash reads every VAE weight: disk caches only).
     json made_from = {{"version", kCacheVersion},
@@ -133,55 +198,55 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
                       {"center_crop", c.center_crop},
                       {"random_flip", c.random_flip},
                       {"image_interpolation_mode", c.image_interpolation_mode}};
-    // Rows of an earlier file that can be reused: by image stamp.
-    std::map<std::string, int64_t> old_rows;
-    torch::Tensor old_mean, old_std;
+    if (plan)
+        made_from["buckets"] = {{"min_bucket_reso", c.min_bucket_reso},
+                                {"max_bucket_reso", c.max_bucket_reso},
+                                {"bucket_reso_steps", c.bucket_reso_steps},
+                                {"bucket_no_upscale", c.bucket_no_upscale}};
     const std::string file = out ? out->file(std::string("cache/") + kLatentFile) : "";
-    if (c.cache_latents_to_disk) {
-        json rec = read_record(file, "latent");
-        if (!rec.is_null()) {
-            json key = rec;
-            key.erase("images");
-            if (key == made_from && rec.contains("images") && rec["images"].is_array()) {
-                try {
-                    io::SafetensorsFile f(file);
-                    old_mean           = f.get("mean");
-                    old_std            = f.get("std");
-                    const auto& images = rec["images"];
-                    if (old_mean.sizes() == old_std.sizes() && old_mean.dim() == 4 &&
-                        old_mean.size(0) == int64_t(images.size()) * flips)
-                        for (size_t j = 0; j < images.size(); ++j)
-                            old_rows[images[j].dump()] = int64_t(j);
-                } catch (const std::exception& e) {
-                    old_rows.clear();
-                    log_warn("latent cache '%s' is damaged (%s); encoding every image again",
-                             file.c_str(), e.what());
-                }
-            } else {
-                log_info(
-                    "latent cache '%s' was made from other VAE weights or transform flags; "
-                    "encoding every image again",
-                    file.c_str());
-            }
+    // Rows of an earlier file that can be reused: by image stamp.
+    const auto old_rows =
+        c.cache_latents_to_disk ? read_old_latents(file, made_from, flips) : LatentRows{};
+    if (plan) set_bucket_rows(*plan, cache);
+    // Image i's rows: row i of the square cache, or its row in its bucket's tensors.
+    auto place = [&](int64_t i, const torch::Tensor& mean, const torch::Tensor& stdev) {
+        const int64_t b   = plan ? cache->bucket_of[size_t(i)] : 0;
+        auto& dst_mean    = plan ? cache->bucket_mean[size_t(b)] : cache->latent_mean;
+        auto& dst_std     = plan ? cache->bucket_std[size_t(b)] : cache->latent_std;
+        const int64_t row = plan ? cache->bucket_row[size_t(i)] : i;
+        if (!dst_mean.defined()) {
+            std::vector<int64_t> shape{(plan ? int64_t(plan->members(b).size()) : n) * flips};
+            for (int64_t d = 1; d < mean.dim(); ++d) shape.push_back(mean.size(d));
+            dst_mean = torch::zeros(shape, mean.options());
+            dst_std  = torch::zeros(shape, stdev.options());
         }
-    }
-    json stamps = json::array();
+        dst_mean.narrow(0, row * flips, flips).copy_(mean);
+        dst_std.narrow(0, row * flips, flips).copy_(stdev);
+    };
+    json stamps = json::array(), rows = json::array();
+    bool any = false;
     CacheProgress progress("latents", n);
     torch::NoGradGuard no_grad;
     const auto vae_param = m.vae->parameters().front();
     for (int64_t i = 0; i < n; ++i) {
-        const json stamp = image_stamp(ds.record(i).image_path, ds.image_file(i));
-        stamps.push_back(stamp);
-        torch::Tensor mean, std;
-        const auto old = old_rows.find(stamp.dump());
+        stamps.push_back(image_stamp(ds.record(i).image_path, ds.image_file(i)));
+        rows.push_back(nullptr);
+        if (plan && cache->bucket_of[size_t(i)] < 0) {  // in no bucket: its header was unreadable
+            stamps.back() = json::array({"", -1, -1});  // never reused
+            progress.advance(1);
+            continue;
+        }
+        torch::Tensor mean, stdev;
+        const auto old = old_rows.find(stamps.back().dump());
         if (old != old_rows.end()) {
-            mean = old_mean.narrow(0, old->second * flips, flips);
-            std  = old_std.narrow(0, old->second * flips, flips);
+            mean  = old->second.first;
+            stdev = old->second.second;
             ++cache->latents_reused;
         } else {
             std::vector<torch::Tensor> pixels;
             try {
-                for (int64_t f = 0; f < flips; ++f) pixels.push_back(ds.fixed_pixels(i, f == 1));
+                for (int64_t f = 0; f < flips; ++f)
+                    pixels.push_back(ds.fixed_pixels(i, f == 1, plan ? &plan->target(i) : nullptr));
             } catch (const data::BadSampleError& e) {
                 if (!c.skip_bad_samples) throw;
                 log_warn("skipping bad sample: %s", e.what());
@@ -192,30 +257,40 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds, StepMod
                 AutocastGuard autocast(device, weight_dtype);  // as the step encodes
                 const auto dist = m.vae->encode(
                     torch::stack(pixels).to(vae_param.device(), vae_param.scalar_type()));
-                mean = dist.mean.to(torch::kCPU).contiguous();
-                std  = dist.std.to(torch::kCPU).contiguous();
+                mean  = dist.mean.to(torch::kCPU).contiguous();
+                stdev = dist.std.to(torch::kCPU).contiguous();
                 ++cache->latents_encoded;
             }
         }
-        if (mean.defined() && !cache->latent_mean.defined()) {
-            std::vector<int64_t> shape{n * flips};
-            for (int64_t d = 1; d < mean.dim(); ++d) shape.push_back(mean.size(d));
-            cache->latent_mean = torch::zeros(shape, mean.options());
-            cache->latent_std  = torch::zeros(shape, std.options());
-        }
         if (mean.defined()) {
-            cache->latent_mean.narrow(0, i * flips, flips).copy_(mean);
-            cache->latent_std.narrow(0, i * flips, flips).copy_(std);
+            place(i, mean, stdev);
+            any = true;
+            if (plan)
+                rows.back() =
+                    json::array({bucket_name(plan->buckets()[size_t(cache->bucket_of[size_t(i)])]),
+                                 cache->bucket_row[size_t(i)]});
         }
         progress.advance(1);
     }
-    if (!cache->latent_mean.defined())
-        throw std::runtime_error("--cache_latents: no image of the dataset could be read");
+    if (!any) throw std::runtime_error("--cache_latents: no image of the dataset could be read");
     cache->flips = flips;
+    io::TensorMap tensors{{"mean", cache->latent_mean}, {"std", cache->latent_std}};
+    if (plan) {
+        tensors.clear();
+        for (size_t b = 0; b < cache->bucket_mean.size(); ++b) {
+            if (!cache->bucket_mean[b].defined()) {  // every image of the bucket was bad
+                cache->bucket_mean[b] = cache->bucket_std[b] = torch::empty({0});
+                continue;
+            }
+            const std::string name = "." + bucket_name(plan->buckets()[b]);
+            tensors["mean" + name] = cache->bucket_mean[b];
+            tensors["std" + name]  = cache->bucket_std[b];
+        }
+        made_from["rows"] = rows;
+    }
     if (c.cache_latents_to_disk && cache->latents_encoded > 0) {
         made_from["images"] = stamps;
-        io::save_safetensors(file, {{"mean", cache->latent_mean}, {"std", cache->latent_std}},
-                             {{"format", "pt"}, {kMetadataKey, made_from.dump()}});
+        io::save_safetensors(file, tensors, {{"format", "pt"}, {kMetadataKey, made_from.dump()}});
         log_info("latent cache written: %s", file.c_str());
     }
 }
@@ -334,12 +409,21 @@ double release_cached_encoders(const TrainConfig& c, const FeatureCache& cache, 
 void FeatureCache::fill(const data::Batch& batch, torch::Device device, StepInputs* in) const {
     const int64_t b = batch.size();
     if (has_latents()) {
+        // A batch holds one bucket (data/loader.h), so its rows come from one tensor.
+        const int64_t bucket =
+            bucket_of.empty() || b == 0 ? -1 : bucket_of.at(size_t(batch.indices[0]));
         std::vector<int64_t> rows(static_cast<size_t>(b));
-        for (int64_t k = 0; k < b; ++k)
-            rows[size_t(k)] = batch.indices[size_t(k)] * flips + (batch.flipped[size_t(k)] ? 1 : 0);
-        const auto pick = torch::tensor(rows, torch::kInt64);
-        in->latent_mean = latent_mean.index_select(0, pick).to(device);
-        in->latent_std  = latent_std.index_select(0, pick).to(device);
+        for (int64_t k = 0; k < b; ++k) {
+            const auto i = size_t(batch.indices[size_t(k)]);
+            TORCH_CHECK(bucket < 0 || bucket_of.at(i) == bucket, "a batch mixes buckets");
+            rows[size_t(k)] = (bucket < 0 ? int64_t(i) : bucket_row[i]) * flips +
+                              (batch.flipped[size_t(k)] ? 1 : 0);
+        }
+        const auto pick   = torch::tensor(rows, torch::kInt64);
+        const auto& mean  = bucket < 0 ? latent_mean : bucket_mean.at(size_t(bucket));
+        const auto& stdev = bucket < 0 ? latent_std : bucket_std.at(size_t(bucket));
+        in->latent_mean   = mean.index_select(0, pick).to(device);
+        in->latent_std    = stdev.index_select(0, pick).to(device);
     }
     if (has_text()) {
         std::vector<int64_t> rows(static_cast<size_t>(b));
@@ -354,7 +438,7 @@ void FeatureCache::fill(const data::Batch& batch, torch::Device device, StepInpu
 FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
                                  const data::CaptionDataset& dataset, StepModels& models,
                                  torch::ScalarType weight_dtype, io::OutputFolder* out,
-                                 torch::Device device) {
+                                 torch::Device device, const data::BucketPlan* buckets) {
     FeatureCache cache;
     cache.bad_samples  = std::make_shared<std::map<int64_t, std::string>>();
     const bool latents = c.cache_latents || c.cache_latents_to_disk;
@@ -372,17 +456,27 @@ FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
             out->claim("cache");
             fs::create_directories(out->file("cache"));
         }
-        if (latents) build_latents(c, dataset, models, weight_dtype, out, device, &cache);
+        if (latents) build_latents(c, dataset, buckets, models, weight_dtype, out, device, &cache);
         if (text) build_text(c, dataset, models, weight_dtype, out, device, &cache);
         if (dp.active()) dp.group()->store_set(ready, "1");
     }
     if (!dp.active()) return cache;
     // Several processes: rank 0's caches on every rank.
-    if (latents) {
+    if (latents && buckets) {  // one pair per bucket; the rows are the plan's on every rank
+        const size_t count = buckets->buckets().size();
+        if (!dp.is_main()) set_bucket_rows(*buckets, &cache);
+        for (size_t b = 0; b < count; ++b) {
+            cache.bucket_mean[b] =
+                share_tensor(dp, cache.bucket_mean[b], "sharing the latent cache");
+            cache.bucket_std[b] = share_tensor(dp, cache.bucket_std[b], "sharing the latent cache");
+        }
+    } else if (latents) {
         cache.latent_mean = share_tensor(dp, cache.latent_mean, "sharing the latent cache");
         cache.latent_std  = share_tensor(dp, cache.latent_std, "sharing the latent cache");
-        cache.flips       = c.random_flip ? 2 : 1;
-        auto bad          = torch::zeros({dataset.size()}, torch::kUInt8);
+    }
+    if (latents) {
+        cache.flips = c.random_flip ? 2 : 1;
+        auto bad    = torch::zeros({dataset.size()}, torch::kUInt8);
         for (const auto& kv : *cache.bad_samples) bad[kv.first] = 1;
         bad = share_tensor(dp, bad, "sharing the latent cache");
         for (int64_t i = 0; i < dataset.size(); ++i)

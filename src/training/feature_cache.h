@@ -15,6 +15,11 @@
 // transform flags and, per image, path, size and modification time. A later run (or a resume)
 // reuses every row whose inputs are unchanged and encodes the rest; files are replaced
 // atomically. Several processes: rank 0 builds (and writes), the others wait and receive it.
+// --enable_bucket: each image is encoded at its bucket's size (data/buckets.h), so latents differ
+// in shape between buckets: one [members * flips, Z, h, w] pair per bucket, image i at row
+// bucket_row[i] * flips + flip of its bucket (members in dataset order); on disk `mean.WxH` /
+// `std.WxH` per bucket with each image's [bucket, row] in the record, and the bucket flags in
+// what it was made from.
 #pragma once
 
 #include <torch/torch.h>
@@ -47,7 +52,12 @@ struct FeatureCache {
     // What the last build did (for tests and the log): rows reused from disk and rows encoded.
     int64_t latents_reused = 0, latents_encoded = 0, texts_reused = 0, texts_encoded = 0;
 
-    bool has_latents() const { return latent_mean.defined(); }
+    // --enable_bucket: per bucket (data::BucketPlan::buckets() order) [members * flips, Z, h, w]
+    // (an empty tensor for a bucket of unreadable images); image i's row in its bucket.
+    std::vector<torch::Tensor> bucket_mean, bucket_std;
+    std::vector<int64_t> bucket_of, bucket_row;  // per image; -1: in no bucket
+
+    bool has_latents() const { return latent_mean.defined() || !bucket_mean.empty(); }
     bool has_text() const { return hidden_states.defined(); }
     // The cached inputs of `batch` on `device` (what is not cached stays undefined in `in`).
     void fill(const data::Batch& batch, torch::Device device, StepInputs* in) const;
@@ -55,11 +65,12 @@ struct FeatureCache {
 
 // Builds the caches the flags ask for (none: an empty FeatureCache). `out` is rank 0's output
 // folder (null on other ranks). Throws naming the image for a random crop with a choice, and
-// for an unreadable image unless --skip_bad_samples.
+// for an unreadable image unless --skip_bad_samples. `buckets` (--enable_bucket): encode each
+// image at its bucket's size.
 FeatureCache build_feature_cache(const TrainConfig& c, DataParallel& dp,
                                  const data::CaptionDataset& dataset, StepModels& models,
                                  torch::ScalarType weight_dtype, io::OutputFolder* out,
-                                 torch::Device device);
+                                 torch::Device device, const data::BucketPlan* buckets = nullptr);
 
 // After the cache is built: the weights of an encoder the run no longer uses are released (the
 // VAE with cached latents, the text encoder with cached outputs, unless --validation_prompts

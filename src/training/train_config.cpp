@@ -180,10 +180,34 @@ void TrainConfig::validate() const {
             "the caption at every draw (as kohya-ss, the two do not combine); drop one");
     require_range("num_validation_images", double(num_validation_images), 1, 1000);
     if (lora) require_range("rank", double(rank), 1, 1 << 16);
+    if (enable_bucket) validate_buckets();
     if (zero_stage != 0 && zero_stage != 1)
         bad("zero_stage",
             "must be 0 (off) or 1 (sharded optimizer state); stages 2 and 3 are "
             "not implemented");
+}
+
+void TrainConfig::validate_buckets() const {
+    // kohya adjusts min / max to the steps with a warning; t2i refuses (no silent correction).
+    require_range("bucket_reso_steps", double(bucket_reso_steps), 8, 4096);
+    if (bucket_reso_steps % 8 != 0)
+        bad("bucket_reso_steps", "must be a multiple of 8 (the VAE downscales by 8), got " +
+                                     std::to_string(bucket_reso_steps));
+    if (bucket_no_upscale) return;  // min / max are not used (kohya ignores them too)
+    for (const auto& [flag, value] :
+         {std::pair<const char*, int64_t>{"min_bucket_reso", min_bucket_reso},
+          {"max_bucket_reso", max_bucket_reso}}) {
+        require_range(flag, double(value), double(bucket_reso_steps), 16384);
+        if (value % bucket_reso_steps != 0)
+            bad(flag, "must be a multiple of --bucket_reso_steps " +
+                          std::to_string(bucket_reso_steps) + ", got " + std::to_string(value));
+    }
+    if (min_bucket_reso > resolution || max_bucket_reso < resolution)
+        bad(min_bucket_reso > resolution ? "min_bucket_reso" : "max_bucket_reso",
+            "must satisfy --min_bucket_reso <= --resolution <= --max_bucket_reso (kohya's rule); "
+            "got " +
+                std::to_string(min_bucket_reso) + " <= " + std::to_string(resolution) +
+                " <= " + std::to_string(max_bucket_reso));
 }
 
 bool flag_in_command(const std::string& name, bool lora) {

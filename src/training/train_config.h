@@ -119,12 +119,19 @@ struct TrainConfig {
     bool cache_latents_to_disk              = false;
     bool cache_text_encoder_outputs         = false;
     bool cache_text_encoder_outputs_to_disk = false;
-    bool profile                            = false;  // t2i: per-stage step times
-    bool save_single_file                   = false;  // t2i: also OUTPUT_DIR/<name>.safetensors
+    // t2i: aspect-ratio buckets (kohya's flag names and defaults; data/buckets.h)
+    bool enable_bucket        = false;
+    int64_t min_bucket_reso   = 256;
+    int64_t max_bucket_reso   = 1024;
+    int64_t bucket_reso_steps = 64;
+    bool bucket_no_upscale    = false;
+    bool profile              = false;  // t2i: per-stage step times
+    bool save_single_file     = false;  // t2i: also OUTPUT_DIR/<name>.safetensors
 
     // Rejects bad values and impossible combinations before any work starts; each message names
     // the flag, the accepted values and what was given.
     void validate() const;
+    void validate_buckets() const;  // the --enable_bucket flags
     // `t2i train-lora`: the LoRA script's defaults (output_dir, validation_epochs).
     static TrainConfig lora_defaults();
     // Every flag with its effective value (the saved train_config.json).
@@ -298,6 +305,25 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.cache_text_encoder_outputs_to_disk, "cache_text_encoder_outputs_to_disk",
       "t2i: --cache_text_encoder_outputs, kept in --output_dir/cache/"
       "text_encoder_outputs.safetensors for the next run and a resume.");
+    v(c.enable_bucket, "enable_bucket",
+      "t2i (kohya's flag): aspect-ratio buckets: each image is resized (aspect kept) to cover "
+      "the bucket of the nearest aspect ratio and cropped to it (--center_crop or random), "
+      "instead of the --resolution square; a batch holds one bucket. Buckets: sides multiples "
+      "of --bucket_reso_steps in [--min_bucket_reso, --max_bucket_reso] of at most "
+      "--resolution^2 pixels (kohya's make_bucket_resolutions).");
+    v(c.min_bucket_reso, "min_bucket_reso",
+      "t2i (kohya): the smallest bucket side with --enable_bucket; a multiple of "
+      "--bucket_reso_steps, <= --resolution.");
+    v(c.max_bucket_reso, "max_bucket_reso",
+      "t2i (kohya): the largest bucket side with --enable_bucket; a multiple of "
+      "--bucket_reso_steps, >= --resolution.");
+    v(c.bucket_reso_steps, "bucket_reso_steps",
+      "t2i (kohya): bucket sides are multiples of this (a multiple of 8, the VAE's scale; kohya "
+      "asks 64 for SD 1.x / 2.x, the UNet's total downsampling).");
+    v(c.bucket_no_upscale, "bucket_no_upscale",
+      "t2i (kohya): with --enable_bucket, no image is enlarged: an image above --resolution^2 "
+      "pixels is scaled down to that area, a smaller one keeps its size, and its bucket is its "
+      "size rounded down to --bucket_reso_steps (--min/--max_bucket_reso are ignored).");
     v(c.save_single_file, "save_single_file",
       "t2i: after the final model folder, also write OUTPUT_DIR/<name of OUTPUT_DIR>.safetensors, "
       "the whole pipeline as one original-layout (LDM) checkpoint in fp32 (as diffusers' "

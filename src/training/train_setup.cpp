@@ -92,12 +92,27 @@ void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp) {
             (long long)c.lr_warmup_steps);
     if ((c.offload_ema || c.foreach_ema) && !c.use_ema)
         log_warn("--offload_ema / --foreach_ema have no effect without --use_ema");
+    const TrainConfig defaults;
+    if (!c.enable_bucket &&
+        (c.min_bucket_reso != defaults.min_bucket_reso ||
+         c.max_bucket_reso != defaults.max_bucket_reso ||
+         c.bucket_reso_steps != defaults.bucket_reso_steps || c.bucket_no_upscale))
+        log_warn(
+            "--min_bucket_reso / --max_bucket_reso / --bucket_reso_steps / --bucket_no_upscale "
+            "have no effect without --enable_bucket");
+    if (c.enable_bucket && c.bucket_no_upscale &&
+        (c.min_bucket_reso != defaults.min_bucket_reso ||
+         c.max_bucket_reso != defaults.max_bucket_reso))
+        log_warn(
+            "--min_bucket_reso / --max_bucket_reso are ignored with --bucket_no_upscale: each "
+            "bucket comes from its image's size (as kohya)");
     if (c.zero_stage == 1 && !dp.active())
         log_warn("--zero_stage 1 has no effect with one process");
 }
 
 data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
-                                 const DataParallel& dp, const FeatureCache& cache) {
+                                 const DataParallel& dp, const FeatureCache& cache,
+                                 std::shared_ptr<const data::BucketPlan> buckets) {
     data::LoaderConfig lc;
     lc.batch_size       = c.train_batch_size;
     lc.num_workers      = static_cast<int>(c.dataloader_num_workers);
@@ -108,7 +123,21 @@ data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Dev
     lc.world_size       = dp.world_size();
     lc.decode_images    = !cache.has_latents();
     lc.bad_samples      = cache.bad_samples;
+    lc.buckets          = std::move(buckets);
     return lc;
+}
+
+std::shared_ptr<const data::BucketPlan> plan_buckets(const TrainConfig& c,
+                                                     const data::CaptionDataset& dataset) {
+    if (!c.enable_bucket) return nullptr;
+    data::BucketConfig bc;
+    bc.resolution = c.resolution;
+    bc.min_reso   = c.min_bucket_reso;
+    bc.max_reso   = c.max_bucket_reso;
+    bc.reso_steps = c.bucket_reso_steps;
+    bc.no_upscale = c.bucket_no_upscale;
+    return std::make_shared<const data::BucketPlan>(
+        data::plan_buckets(dataset, bc, c.skip_bad_samples));
 }
 
 std::string single_file_name(const TrainConfig& c) {
@@ -184,6 +213,10 @@ TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& fo
         throw FlagError("--resolution " + std::to_string(c.resolution) +
                         " is not a multiple of "
                         "the VAE's scale factor " +
+                        std::to_string(m.vae->config.vae_scale_factor()));
+    if (c.enable_bucket && c.bucket_reso_steps % m.vae->config.vae_scale_factor() != 0)
+        throw FlagError("--bucket_reso_steps " + std::to_string(c.bucket_reso_steps) +
+                        " is not a multiple of the VAE's scale factor " +
                         std::to_string(m.vae->config.vae_scale_factor()));
     m.prediction_type = effective_prediction_type(m.noise_scheduler, loss_config(c));
     if (c.dream_training && m.prediction_type != "epsilon")

@@ -61,8 +61,14 @@ void warn_ineffective_flags(const TrainConfig& c, const DataParallel& dp);
 
 // The loader of this rank: batches r, r + W, ... in pinned memory for a GPU run.
 // With cached latents no image is decoded (the cache names the unreadable ones).
+// --enable_bucket: batches of one aspect-ratio bucket each (`buckets`; null without).
 data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Device device,
-                                 const DataParallel& dp, const FeatureCache& cache);
+                                 const DataParallel& dp, const FeatureCache& cache,
+                                 std::shared_ptr<const data::BucketPlan> buckets = nullptr);
+
+// --enable_bucket: every image's bucket, from the image headers (data/buckets.h); null without.
+std::shared_ptr<const data::BucketPlan> plan_buckets(const TrainConfig& c,
+                                                     const data::CaptionDataset& dataset);
 
 // The output folder (rank 0 writes it, the others wait): locked for this run, never the inputs,
 // no file t2i did not write in its way, no earlier run's work overwritten. Null on other ranks.

@@ -172,8 +172,10 @@ Accumulated accumulate_gradients(StepContext& s) {
         const int64_t n       = batch->size();
         // One process: the draws of this batch. Several: the draws of the step's global batch
         // (the same generator state on every rank), of which this rank uses its rows.
+        // The batch's pixel size: its bucket's (--enable_bucket), else the --resolution square.
         const std::vector<int64_t> pixel_shape{s.dp.active() ? batch->global_size : n, 3,
-                                               int64_t(c.resolution), int64_t(c.resolution)};
+                                               batch->height > 0 ? batch->height : c.resolution,
+                                               batch->width > 0 ? batch->width : c.resolution};
         auto draws = draw_step_randoms(latent_shape(s.models.vae->config, pixel_shape),
                                        s.models.noise_scheduler.config().num_train_timesteps,
                                        s.opt.generator, s.loss, s.device.is_cuda());
@@ -282,17 +284,19 @@ TrainResult train(const TrainConfig& c) {
     auto tokenizer = model_folder.tokenizer();
     auto dataset   = std::make_shared<const data::CaptionDataset>(
         data::CaptionDataset::open(dataset_config(c, seed), tokenizer));
-    dp.check_dataset_size(dataset->size());  // else the ranks disagree on steps per epoch
+    dp.check_dataset_size(dataset->size());          // else the ranks disagree on steps per epoch
+    const auto buckets = plan_buckets(c, *dataset);  // --enable_bucket: from image headers
+    if (buckets) dp.check_dataset_size(buckets->images());  // readable on every rank alike
     std::unique_ptr<io::OutputFolder> out = prepare_output(c, dp, *dataset);
 
     // 2. Scheduler and models: the frozen VAE and text encoder in the weight dtype, the UNet in
     //    fp32, the prediction type decided once. Then (t2i) the cached latents and text encoder
     //    outputs, and the loader (which decodes no image when the latents are cached).
-    auto models = load_models(c, model_folder, scheduler_config, tokenizer, device);
-    const FeatureCache cache =
-        build_feature_cache(c, dp, *dataset, models, models.weight_dtype, out.get(), device);
+    auto models              = load_models(c, model_folder, scheduler_config, tokenizer, device);
+    const FeatureCache cache = build_feature_cache(c, dp, *dataset, models, models.weight_dtype,
+                                                   out.get(), device, buckets.get());
     release_cached_encoders(c, cache, models);
-    data::DataLoader loader(dataset, loader_config(c, seed, device, dp, cache));
+    data::DataLoader loader(dataset, loader_config(c, seed, device, dp, cache, buckets));
 
     // 3. Step accounting as the script; 4. optimizer, LR schedule, EMA, grad scaler, generator.
     const StepPlan plan = plan_steps(c, loader.batches_per_epoch(), dp.world_size());
