@@ -6,6 +6,7 @@
 #include <arrow/api.h>
 #include <arrow/io/file.h>
 #include <arrow/ipc/writer.h>
+#include <gtest/gtest.h>
 #include <parquet/arrow/writer.h>
 
 #include <stdexcept>
@@ -13,7 +14,10 @@
 namespace t2i::testing {
 namespace {
 
+// Every Arrow call that writes a test's dataset must succeed: a failure fails the test (and
+// stops the writer) with Arrow's message.
 void check(const arrow::Status& st) {
+    EXPECT_TRUE(st.ok()) << "arrow_writer: " << st.ToString();
     if (!st.ok()) throw std::runtime_error("arrow_writer: " + st.ToString());
 }
 
