@@ -14,14 +14,8 @@ STEPS=${1:-300}
 WORK=${WORK:-/tmp/t2i-bench-learning}
 PY=${DIFFUSERS_PYTHON:-$(bench/diffusers_venv.sh)}
 rm -rf "$WORK"
-"$T2I" init-model --output "$WORK/base" --preset tiny --seed 0 > /dev/null
-"$T2I" demo-data --output "$WORK/all" --count 48 --size 96 > /dev/null
-# The first 40 images train, the last 8 are held out.
-mkdir -p "$WORK/train" "$WORK/heldout"
-head -n 40 "$WORK/all/metadata.jsonl" > "$WORK/train/metadata.jsonl"
-tail -n 8 "$WORK/all/metadata.jsonl" > "$WORK/heldout/metadata.jsonl"
-for f in $(sed 's/.*"file_name":"\([^"]*\)".*/\1/' "$WORK/train/metadata.jsonl"); do cp "$WORK/all/$f" "$WORK/train/"; done
-for f in $(sed 's/.*"file_name":"\([^"]*\)".*/\1/' "$WORK/heldout/metadata.jsonl"); do cp "$WORK/all/$f" "$WORK/heldout/"; done
+source bench/learning_data.sh
+learning_data "$WORK"
 run() {
   local name=$1 seed=$2; shift 2
   "$T2I" train --pretrained_model_name_or_path "$WORK/base" --train_data_dir "$WORK/train" \

@@ -19,13 +19,8 @@ PY=${DIFFUSERS_PYTHON:-$(bench/diffusers_venv.sh)}
 SCRIPT=${DIFFUSERS_LORA_SCRIPT:?set DIFFUSERS_LORA_SCRIPT to diffusers examples/text_to_image/train_text_to_image_lora.py}
 rm -rf "$WORK"
 mkdir -p "$WORK"
-"$T2I" init-model --output "$WORK/base" --preset tiny --seed 0 > /dev/null
-"$T2I" demo-data --output "$WORK/all" --count 48 --size 96 > /dev/null
-mkdir -p "$WORK/train" "$WORK/heldout"
-head -n 40 "$WORK/all/metadata.jsonl" > "$WORK/train/metadata.jsonl"
-tail -n 8 "$WORK/all/metadata.jsonl" > "$WORK/heldout/metadata.jsonl"
-for f in $(sed 's/.*"file_name":"\([^"]*\)".*/\1/' "$WORK/train/metadata.jsonl"); do cp "$WORK/all/$f" "$WORK/train/"; done
-for f in $(sed 's/.*"file_name":"\([^"]*\)".*/\1/' "$WORK/heldout/metadata.jsonl"); do cp "$WORK/all/$f" "$WORK/heldout/"; done
+source bench/learning_data.sh
+learning_data "$WORK"
 sed '/^check_min_version(/d' "$SCRIPT" > "$WORK/train_text_to_image_lora.py"
 FLAGS=(--pretrained_model_name_or_path "$WORK/base" --train_data_dir "$WORK/train" --resolution 64
   --center_crop --random_flip --train_batch_size 8 --max_train_steps "$STEPS" --learning_rate 1e-3

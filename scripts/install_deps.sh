@@ -33,24 +33,21 @@ if ! dpkg -s "${PACKAGES[@]}" >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
 fi
 
+# One PyPI package in its own venv, once per version (a marker file names the version).
+pip_venv() {  # DIR PACKAGE VERSION
+  local dir=$1 package=$2 version=$3
+  [ -f "$dir/.t2i-$package-$version" ] && return
+  echo "installing $package==$version from PyPI into $dir" >&2
+  rm -rf "$dir"
+  mkdir -p "$(dirname "$dir")"
+  /usr/bin/python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check "$package==$version"
+  touch "$dir/.t2i-$package-$version"
+}
 # torch from PyPI, with the CUDA 13 libraries it needs (cuDNN, cuBLAS, NCCL, ...: ~4.6 GB).
-if [ ! -f "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION" ]; then
-  echo "installing torch==$TORCH_VERSION from PyPI into $T2I_TORCH_HOME" >&2
-  rm -rf "$T2I_TORCH_HOME"
-  mkdir -p "$(dirname "$T2I_TORCH_HOME")"
-  /usr/bin/python3 -m venv "$T2I_TORCH_HOME"
-  "$T2I_TORCH_HOME/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
-  touch "$T2I_TORCH_HOME/.t2i-torch-$TORCH_VERSION"
-fi
+pip_venv "$T2I_TORCH_HOME" torch "$TORCH_VERSION"
 # pyarrow from PyPI: its C++ libraries and headers (~190 MB; no other packages).
-if [ ! -f "$T2I_ARROW_HOME/.t2i-pyarrow-$PYARROW_VERSION" ]; then
-  echo "installing pyarrow==$PYARROW_VERSION from PyPI into $T2I_ARROW_HOME" >&2
-  rm -rf "$T2I_ARROW_HOME"
-  mkdir -p "$(dirname "$T2I_ARROW_HOME")"
-  /usr/bin/python3 -m venv "$T2I_ARROW_HOME"
-  "$T2I_ARROW_HOME/bin/python" -m pip install -q --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
-  touch "$T2I_ARROW_HOME/.t2i-pyarrow-$PYARROW_VERSION"
-fi
+pip_venv "$T2I_ARROW_HOME" pyarrow "$PYARROW_VERSION"
 if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
   echo "note: no CUDA toolkit found (nvcc): CMake's TorchConfig needs it to build against the" \
     "CUDA libtorch; install NVIDIA's CUDA 13 toolkit (see README 'Building')" >&2

@@ -2,8 +2,6 @@
 // train_text_to_image_lora.py]`: flags -> TrainConfig -> train(). The flag table lives in
 // training/train_config.h (flag_in_command picks each command's flags); this file only moves
 // strings into it.
-#include <algorithm>
-
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "training/trainer.h"
@@ -19,14 +17,6 @@ int run_training(training::TrainConfig config, const std::vector<std::string>& a
         if (training::flag_in_command(name, config.lora)) parser.add(field, name, help);
     });
     if (!parser.parse(args)) return 0;
-    // The LoRA (and SDXL) scripts' validation: --num_validation_images images of
-    // --validation_prompt, one generator in sequence (what --validation_prompts with the prompt
-    // repeated does); train adds them to its --validation_prompts.
-    if (config.validation_prompt)
-        config.validation_prompts.insert(
-            config.validation_prompts.end(),
-            static_cast<size_t>(std::clamp<int64_t>(config.num_validation_images, 0, 1000)),
-            *config.validation_prompt);
     config.lr_warmup_steps_given = parser.given("lr_warmup_steps");
     try {
         config.validate();

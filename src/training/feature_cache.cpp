@@ -388,7 +388,7 @@ std::string weights_fingerprint(const torch::nn::Module& module) {
 }
 
 double release_cached_encoders(const TrainConfig& c, const FeatureCache& cache, StepModels& m) {
-    if (!c.validation_prompts.empty()) return 0;  // validation decodes and encodes prompts
+    if (!c.validation_images().empty()) return 0;  // validation decodes and encodes prompts
     double bytes = 0;
     auto release = [&](torch::nn::Module& module) {
         torch::NoGradGuard no_grad;

@@ -233,6 +233,14 @@ TrainConfig TrainConfig::lora_defaults() {
     return c;
 }
 
+std::vector<std::string> TrainConfig::validation_images() const {
+    auto prompts = validation_prompts;
+    if (validation_prompt)
+        prompts.insert(prompts.end(), size_t(std::clamp<int64_t>(num_validation_images, 0, 1000)),
+                       *validation_prompt);
+    return prompts;
+}
+
 nlohmann::json TrainConfig::to_json() const {
     nlohmann::json out = nlohmann::json::object();
     visit_flags(*this, [&](const auto& field, const char* name, const char*) {

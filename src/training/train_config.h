@@ -136,6 +136,10 @@ struct TrainConfig {
     static TrainConfig lora_defaults();
     // Every flag with its effective value (the saved train_config.json).
     nlohmann::json to_json() const;
+    // The prompts of the validation images: --validation_prompts, then --num_validation_images
+    // copies of --validation_prompt (the LoRA / SDXL scripts' form; one generator runs through
+    // them in sequence, as those scripts' loop does).
+    std::vector<std::string> validation_images() const;
 };
 
 // Whether flag `name` belongs to `t2i train` (lora false) or `t2i train-lora` (lora true): the

@@ -115,6 +115,9 @@ void train_vae(const VaeTrainConfig& c) {
         }
         ++step;
     }
+    std::vector<std::pair<std::string, torch::Tensor>> weights;
+    for (const auto& p : vae->named_parameters()) weights.emplace_back(p.key(), p.value());
+    check_finite(weights, "train-vae: the trained VAE");  // nothing is written then
     const double scaling              = latent_scaling_factor(vae, *dataset);
     vae->config.scaling_factor        = scaling;
     vae->config.raw["scaling_factor"] = scaling;

@@ -44,16 +44,16 @@ torch::Tensor log_validation(const TrainConfig& c, pipeline::StableDiffusionPipe
     const std::string dir = c.output_dir + "/validation/step-" + std::to_string(step);
     std::filesystem::create_directories(dir);
     std::vector<torch::Tensor> images;
-    for (size_t i = 0; i < c.validation_prompts.size(); ++i) {
+    const auto prompts = c.validation_images();
+    for (size_t i = 0; i < prompts.size(); ++i) {
         pipeline::GenerateOptions o;
-        o.prompts             = {c.validation_prompts[i]};
+        o.prompts             = {prompts[i]};
         o.num_inference_steps = c.lora ? 30 : 20;  // the LoRA script's log_validation: 30
         o.generator           = &generator;
         AutocastGuard autocast(unet->parameters().front().device(), autocast_dtype);
         auto image = pipe(o, *scheduler).images[0];  // [H, W, 3]
-        io::write_png(
-            dir + "/" + std::to_string(i) + "-" + prompt_slug(c.validation_prompts[i]) + ".png",
-            image);
+        io::write_png(dir + "/" + std::to_string(i) + "-" + prompt_slug(prompts[i]) + ".png",
+                      image);
         images.push_back(image);
     }
     if (ema) ema->restore(params);

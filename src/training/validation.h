@@ -38,10 +38,10 @@ struct Validation {
     EMAModel* ema;
     io::EventWriter* tensorboard;
 
-    // Images for every --validation_prompts entry (none without prompts). TensorBoard step: the
-    // epoch for per-epoch validation (as the original), else the step.
+    // Images for every TrainConfig::validation_images() prompt (none without prompts). TensorBoard
+    // step: the epoch for per-epoch validation (as the original), else the step.
     void operator()(int64_t step, int64_t tensorboard_step) {
-        if (!on_this_rank || config.validation_prompts.empty()) return;
+        if (!on_this_rank || config.validation_images().empty()) return;
         log_validation(config, pipe, scheduler_config, ema, prediction_type, seed, step,
                        tensorboard_step, autocast_dtype, tensorboard);
     }
