@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "data/caption_dataset.h"
 #include "io/file_util.h"
@@ -117,6 +118,32 @@ TEST(DemoTools, TrainVaeLowersTheReconstructionErrorAndScalesTheLatents) {
     EXPECT_NO_THROW(pipeline::ModelFolder::open(dir.file("out")));
 }
 
+// demo-data draws each caption's shape; --jitter 0 centres it at one size, so equal captions get
+// equal pictures, while the default jitter moves and scales each one.
+TEST(DemoTools, DemoDataJitterZeroGivesOnePicturePerCaption) {
+    TempDir dir;
+    for (const char* jitter : {"0", "0.2"}) {
+        const std::string out = dir.file(std::string("d") + jitter);
+        const auto r          = testing::run_t2i(
+                     {"demo-data", "--output", out, "--count", "25", "--size", "24", "--jitter", jitter});
+        ASSERT_EQ(r.code, 0) << r.out;
+        std::ifstream meta(out + "/metadata.jsonl");
+        std::vector<std::string> captions;
+        for (std::string line; std::getline(meta, line);)
+            captions.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
+        ASSERT_EQ(captions.size(), 25u);
+        EXPECT_EQ(captions[0], captions[24]);  // 24 captions, then they repeat
+        EXPECT_NE(captions[0], captions[1]);
+        const auto a = io::decode_image(out + "/0000.png"), b = io::decode_image(out + "/0024.png");
+        EXPECT_EQ(torch::equal(a, b), std::string(jitter) == "0") << jitter;
+        if (std::string(jitter) == "0") {  // centred: the picture is its own mirror image
+            EXPECT_TRUE(torch::equal(a, a.flip(1)));
+        }
+    }
+    EXPECT_EQ(testing::run_t2i({"demo-data", "--output", dir.file("bad"), "--jitter", "0.9"}).code,
+              2);
+}
+
 TEST(DemoTools, PlotLossAndImageGridCommandsWriteNewPngsOnly) {
     TempDir dir;
     {
@@ -136,6 +163,17 @@ TEST(DemoTools, PlotLossAndImageGridCommandsWriteNewPngsOnly) {
                           dir.file("loss.png"), dir.file("loss.png")});
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_EQ(io::decode_image(dir.file("grid.png")).sizes(), (std::vector<int64_t>{368, 1292, 3}));
+    // --cell_size: a 2x3 image becomes 4x6 by pixel repetition (nearest), beside the chart
+    // scaled to 6 wide (360x640 -> 3x6).
+    auto small = torch::arange(18, torch::kInt64).to(torch::kUInt8).reshape({2, 3, 3}) * 10;
+    io::write_png(dir.file("small.png"), small);
+    r = testing::run_t2i({"image-grid", "--columns", "2", "--cell_size", "6", "--output",
+                          dir.file("cells.png"), dir.file("small.png"), dir.file("loss.png")});
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto cells = io::decode_image(dir.file("cells.png"));
+    ASSERT_EQ(cells.sizes(), (std::vector<int64_t>{4 + 8, 12 + 12, 3}));          // gap 4 around
+    const auto upscaled = small.repeat_interleave(2, 0).repeat_interleave(2, 1);  // each pixel 2x2
+    EXPECT_TRUE(torch::equal(cells.slice(0, 4, 8).slice(1, 4, 10), upscaled));
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "data/transforms.h"
 #include "io/file_util.h"
 #include "io/image_compose.h"
 #include "io/image_io.h"
@@ -58,18 +59,32 @@ int train_vae_command(const std::vector<std::string>& args) {
 
 int image_grid_command(const std::vector<std::string>& args) {
     std::string output;
-    int64_t columns = 4;
+    int64_t columns = 4, cell_size = 0;
     std::vector<std::string> inputs;
-    ArgParser p("t2i image-grid --output GRID.png [--columns N] IMAGE [IMAGE ...]",
+    ArgParser p("t2i image-grid --output GRID.png [--columns N] [--cell_size S] IMAGE [IMAGE ...]",
                 "Put images side by side in rows of N, in one PNG.");
     p.add(output, "output", "The PNG to write (a new file).");
     p.add(columns, "columns", "Images per row.");
+    p.add(cell_size, "cell_size",
+          "Resize each image (nearest neighbour, aspect kept) so its longer side is S pixels; "
+          "0 keeps the sizes.");
     p.add_positionals(&inputs, "IMAGE", "PNG / JPEG / WebP images, in order.", 1);
     if (!p.parse(args)) return 0;
     check_new_png(output);
     if (columns < 1 || columns > 1000) throw UsageError("--columns must be in [1, 1000]");
+    if (cell_size < 0 || cell_size > 4096) throw UsageError("--cell_size must be in [0, 4096]");
     std::vector<torch::Tensor> images;
-    for (const auto& f : inputs) images.push_back(io::decode_image(f));
+    for (const auto& f : inputs) {
+        auto image = io::decode_image(f);
+        if (cell_size > 0) {
+            // Nearest neighbour shows a small generated image's own pixels, not a smoothed guess.
+            const int64_t h = image.size(0), w = image.size(1), longer = std::max(h, w);
+            image = data::resize(image, std::max<int64_t>(1, h * cell_size / longer),
+                                 std::max<int64_t>(1, w * cell_size / longer),
+                                 data::InterpolationMode::kNearest);
+        }
+        images.push_back(image);
+    }
     io::write_png(output, io::image_grid(images, columns));
     std::printf("%s\n", output.c_str());
     return 0;
