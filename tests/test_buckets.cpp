@@ -36,7 +36,8 @@ using testing::TempDir;
 
 data::BucketConfig bucket_config(int64_t res, int64_t min, int64_t max, int64_t steps) {
     data::BucketConfig c;
-    c.resolution = res;
+    c.width      = res;
+    c.height     = res;
     c.min_reso   = min;
     c.max_reso   = max;
     c.reso_steps = steps;

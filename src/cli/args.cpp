@@ -118,6 +118,19 @@ void ArgParser::add(std::optional<double>& target, const std::string& name,
                       [t, name](const std::string& v) { *t = parse_double(name, v); }});
 }
 
+void ArgParser::add_parsed(const std::string& name, const std::string& metavar,
+                           const std::string& default_text, const std::string& help,
+                           std::function<void(const std::string&)> set) {
+    specs_.push_back({name, metavar, help, default_text, true,
+                      [name, set = std::move(set)](const std::string& v) {
+                          try {
+                              set(v);
+                          } catch (const std::invalid_argument& e) {
+                              throw UsageError("--" + name + ": " + e.what());
+                          }
+                      }});
+}
+
 void ArgParser::add(std::vector<std::string>& target, const std::string& name,
                     const std::string& help) {
     auto* t = &target;

@@ -34,6 +34,14 @@ class ArgParser {
     void add(std::optional<std::string>& target, const std::string& name, const std::string& help);
     void add(std::optional<int64_t>& target, const std::string& name, const std::string& help);
     void add(std::optional<double>& target, const std::string& name, const std::string& help);
+    // A value type of its own: `static T parse(const std::string&)` (throws
+    // std::invalid_argument, reported naming the flag), `std::string str() const` (the default
+    // shown by --help) and `static const char* metavar()` (e.g. training::Resolution).
+    template <typename T, typename = decltype(T::parse(std::string()))>
+    void add(T& target, const std::string& name, const std::string& help) {
+        add_parsed(name, T::metavar(), target.str(), help,
+                   [t = &target](const std::string& v) { *t = T::parse(v); });
+    }
     // One or more values: `--name a b c` (up to the next flag).
     void add(std::vector<std::string>& target, const std::string& name, const std::string& help);
     // A string option whose value must be one of `choices`.
@@ -57,6 +65,9 @@ class ArgParser {
         bool is_list = false;
     };
     const Spec* find(const std::string& name) const;
+    void add_parsed(const std::string& name, const std::string& metavar,
+                    const std::string& default_text, const std::string& help,
+                    std::function<void(const std::string&)> set);
 
     std::string usage_, description_;
     std::vector<Spec> specs_;

@@ -14,7 +14,8 @@
 namespace t2i::data {
 
 std::vector<BucketSize> make_bucket_resolutions(const BucketConfig& config) {
-    const int64_t area = config.resolution * config.resolution, steps = config.reso_steps;
+    if (config.single) return {{config.width, config.height}};
+    const int64_t area = config.width * config.height, steps = config.reso_steps;
     std::set<BucketSize> resos;
     // int(math.sqrt(max_area) // divisible) * divisible: the square bucket.
     const auto side = static_cast<int64_t>(std::sqrt(static_cast<double>(area)));
@@ -38,7 +39,7 @@ int64_t round_to_steps(double x, int64_t steps) {
 
 // --bucket_no_upscale: the size the image is resized to (itself when within the area).
 std::pair<int64_t, int64_t> no_upscale_size(int64_t w, int64_t h, const BucketConfig& config) {
-    const double area = double(config.resolution) * double(config.resolution);
+    const double area = double(config.width) * double(config.height);
     if (double(w) * double(h) <= area) return {w, h};
     const double aspect = double(w) / double(h);
     const double rw = std::sqrt(area * aspect), rh = area / rw;
@@ -95,7 +96,8 @@ TargetSize select_bucket(const std::vector<BucketSize>& predefined, io::ImageSiz
 }
 
 BucketPlan::BucketPlan(const std::vector<io::ImageSize>& sizes, const BucketConfig& config) {
-    TORCH_CHECK(config.reso_steps > 0 && config.resolution > 0, "BucketPlan: bad config");
+    TORCH_CHECK(config.reso_steps > 0 && config.width > 0 && config.height > 0,
+                "BucketPlan: bad config");
     const auto predefined =
         config.no_upscale ? std::vector<BucketSize>{} : make_bucket_resolutions(config);
     std::set<BucketSize> used;

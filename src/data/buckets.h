@@ -4,7 +4,8 @@
 // (select_bucket, round_to_steps) and BaseDataset.make_buckets / shuffle_buckets:
 //   Buckets: the square int(sqrt(area) / steps) * steps, and for every width w = min, min +
 //     steps, ..., <= max the largest height h = min(max, (area // w) // steps * steps) with
-//     h >= min, as (w, h) and (h, w); area = --resolution^2; sorted by (width, height).
+//     h >= min, as (w, h) and (h, w); area = --resolution^2 (W x H for --resolution W,H);
+//     sorted by (width, height). --resolution W,H without --enable_bucket: the one bucket W x H.
 //   Choice: an image whose size is a bucket takes it; otherwise the first bucket of least
 //     |bucket aspect - image aspect|. The image is resized (aspect kept, round half up) so that
 //     it covers the bucket, then cropped to it (data/transforms.h sized_transform: --center_crop
@@ -32,7 +33,9 @@
 namespace t2i::data {
 
 struct BucketConfig {
-    int64_t resolution = 512;    // --resolution: buckets hold at most resolution^2 pixels
+    int64_t width      = 512;    // --resolution W,H (or N: N x N): buckets hold at most
+    int64_t height     = 512;    //   width x height pixels
+    bool single        = false;  // --resolution W,H without --enable_bucket: one bucket, W x H
     int64_t min_reso   = 256;    // --min_bucket_reso
     int64_t max_reso   = 1024;   // --max_bucket_reso
     int64_t reso_steps = 64;     // --bucket_reso_steps
@@ -48,7 +51,8 @@ struct BucketSize {
     }
 };
 
-// kohya's make_bucket_resolutions((resolution, resolution), min, max, steps), sorted.
+// kohya's make_bucket_resolutions((width, height), min, max, steps), sorted; {width x height}
+// alone when `single` (kohya's non-bucket path: every image covers and is cropped to it).
 std::vector<BucketSize> make_bucket_resolutions(const BucketConfig& config);
 
 // kohya's BucketManager.select_bucket for an image of `image` size: the bucket (width, height)

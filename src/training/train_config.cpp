@@ -58,6 +58,30 @@ const std::string kOffline =
 
 }  // namespace
 
+std::string Resolution::str() const {
+    return square() ? std::to_string(width) : std::to_string(width) + "," + std::to_string(height);
+}
+
+Resolution Resolution::parse(const std::string& text) {
+    // Digits only (no sign, space or exponent), one comma at most, each side below 10^9.
+    const auto number = [&](const std::string& part) -> int64_t {
+        if (part.empty() || part.size() > 9 ||
+            part.find_first_not_of("0123456789") != std::string::npos)
+            throw std::invalid_argument(
+                "expected N or W,H (width,height) in pixels, e.g. 512 "
+                "or 512,768; got '" +
+                text + "'");
+        return std::stoll(part);
+    };
+    const auto comma = text.find(',');
+    if (comma == std::string::npos) return Resolution(number(text));
+    return Resolution(number(text.substr(0, comma)), number(text.substr(comma + 1)));
+}
+
+void to_json(nlohmann::json& j, const Resolution& r) {
+    j = r.square() ? nlohmann::json(r.width) : nlohmann::json(r.str());
+}
+
 void TrainConfig::validate() const {
     if (pretrained_model_name_or_path.empty())
         bad("pretrained_model_name_or_path",
@@ -80,10 +104,14 @@ void TrainConfig::validate() const {
         bad("train_data_dir", "give --train_data_dir DIR or --dataset_name PATH (a local dataset)");
     if (prediction_type)
         require_one_of("prediction_type", *prediction_type, {"epsilon", "v_prediction"});
-    if (resolution <= 0 || resolution % 8 != 0)
-        bad("resolution", "must be a positive multiple of 8 (the VAE downscales by 8), got " +
-                              std::to_string(resolution));
-    require_range("resolution", double(resolution), 8, 16384);
+    for (const int64_t side : {resolution.width, resolution.height}) {
+        if (side <= 0 || side % 8 != 0)
+            bad("resolution",
+                "each side must be a positive multiple of 8 (the VAE downscales by "
+                "8), got " +
+                    resolution.str());
+        require_range("resolution", double(side), 8, 16384);
+    }
     require_one_of(
         "image_interpolation_mode", image_interpolation_mode,
         {"nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos"});
@@ -95,14 +123,14 @@ void TrainConfig::validate() const {
     // The batch's pixels alone (float32) beyond the machine's memory can never train; activations
     // take many times more, so this only catches the impossible, before anything is loaded.
     const double pixels_bytes =
-        double(train_batch_size) * 3.0 * double(resolution) * double(resolution) * 4.0;
+        double(train_batch_size) * 3.0 * double(resolution.width) * double(resolution.height) * 4.0;
     if (const double ram = double(physical_memory_bytes()); ram > 0 && pixels_bytes > ram)
         bad("train_batch_size",
             strformat("%lld images of %lld x %lld pixels take %.1f GB as float32 tensors alone, "
                       "more than this machine's %.1f GB of memory; lower --train_batch_size or "
                       "--resolution (--gradient_accumulation_steps keeps the effective batch)",
-                      (long long)train_batch_size, (long long)resolution, (long long)resolution,
-                      pixels_bytes / 1e9, ram / 1e9));
+                      (long long)train_batch_size, (long long)resolution.width,
+                      (long long)resolution.height, pixels_bytes / 1e9, ram / 1e9));
     require_range("num_train_epochs", double(num_train_epochs), 1, kMaxCount);
     if (max_train_steps) require_range("max_train_steps", double(*max_train_steps), 1, kMaxCount);
     require_range("gradient_accumulation_steps", double(gradient_accumulation_steps), 1, 1e6);
@@ -202,11 +230,14 @@ void TrainConfig::validate_buckets() const {
             bad(flag, "must be a multiple of --bucket_reso_steps " +
                           std::to_string(bucket_reso_steps) + ", got " + std::to_string(value));
     }
-    if (min_bucket_reso > resolution || max_bucket_reso < resolution)
-        bad(min_bucket_reso > resolution ? "min_bucket_reso" : "max_bucket_reso",
-            "must satisfy --min_bucket_reso <= --resolution <= --max_bucket_reso (kohya's rule); "
-            "got " +
-                std::to_string(min_bucket_reso) + " <= " + std::to_string(resolution) +
+    // kohya: min(resolution) >= min_bucket_reso and max(resolution) <= max_bucket_reso.
+    const int64_t shorter = std::min(resolution.width, resolution.height),
+                  longer  = std::max(resolution.width, resolution.height);
+    if (min_bucket_reso > shorter || max_bucket_reso < longer)
+        bad(min_bucket_reso > shorter ? "min_bucket_reso" : "max_bucket_reso",
+            "must satisfy --min_bucket_reso <= each side of --resolution <= --max_bucket_reso "
+            "(kohya's rule); got " +
+                std::to_string(min_bucket_reso) + " <= " + resolution.str() +
                 " <= " + std::to_string(max_bucket_reso));
 }
 

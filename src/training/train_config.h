@@ -17,6 +17,23 @@ struct FlagError : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+// --resolution: N (the script's N x N square) or W,H (kohya's "width,height": every image is
+// resized to cover W x H and cropped to it; with --enable_bucket, buckets of about W x H pixels).
+struct Resolution {
+    int64_t width = 512, height = 512;
+    Resolution() = default;
+    Resolution(int64_t side) : width(side), height(side) {}  // NOLINT: `resolution = 512`
+    Resolution(int64_t w, int64_t h) : width(w), height(h) {}
+    bool square() const { return width == height; }
+    // "512" or "512,768"; parse() takes both and throws std::invalid_argument for anything else.
+    std::string str() const;
+    static Resolution parse(const std::string& text);
+    static const char* metavar() { return "N|W,H"; }
+    bool operator==(const Resolution& o) const { return width == o.width && height == o.height; }
+};
+// train_config.json: an integer for a square (as the script's), "W,H" otherwise.
+void to_json(nlohmann::json& j, const Resolution& r);
+
 struct TrainConfig {
     // Model
     std::string pretrained_model_name_or_path;
@@ -36,7 +53,7 @@ struct TrainConfig {
     std::optional<std::string> cache_dir;
     int64_t dataloader_num_workers = 0;
     // Preprocessing
-    int64_t resolution                   = 512;
+    Resolution resolution                = 512;
     bool center_crop                     = false;
     bool random_flip                     = false;
     std::string image_interpolation_mode = "lanczos";
@@ -189,7 +206,9 @@ void visit_flags(Config& c, Visitor&& v) {
       "Threads that decode and transform images (0 = in the training thread).");
     // Preprocessing
     v(c.resolution, "resolution",
-      "Images are resized (shorter side) and cropped to this square size.");
+      "Images are resized (shorter side) and cropped to this square size. t2i (kohya): W,H "
+      "(width,height) resizes each image to cover W x H and crops it to that (--center_crop or "
+      "random); with --enable_bucket, buckets hold at most W x H pixels.");
     v(c.center_crop, "center_crop", "Center crop instead of a random crop.");
     v(c.random_flip, "random_flip", "Flip images horizontally with probability 0.5.");
     v(c.image_interpolation_mode, "image_interpolation_mode",
@@ -299,7 +318,7 @@ void visit_flags(Config& c, Visitor&& v) {
     v(c.cache_latents, "cache_latents",
       "t2i: encode every image (both flips with --random_flip) once with the frozen VAE before "
       "training and keep the posterior's mean and std; each step still samples from it. Needs "
-      "--center_crop unless every image is square at --resolution.");
+      "--center_crop unless every image already has the --resolution size.");
     v(c.cache_latents_to_disk, "cache_latents_to_disk",
       "t2i: --cache_latents, kept in --output_dir/cache/latents.safetensors for the next run "
       "and a resume; rebuilt for images, VAE weights or transform flags that changed.");
@@ -314,18 +333,19 @@ void visit_flags(Config& c, Visitor&& v) {
       "the bucket of the nearest aspect ratio and cropped to it (--center_crop or random), "
       "instead of the --resolution square; a batch holds one bucket. Buckets: sides multiples "
       "of --bucket_reso_steps in [--min_bucket_reso, --max_bucket_reso] of at most "
-      "--resolution^2 pixels (kohya's make_bucket_resolutions).");
+      "--resolution^2 (or W x H) pixels (kohya's make_bucket_resolutions).");
     v(c.min_bucket_reso, "min_bucket_reso",
       "t2i (kohya): the smallest bucket side with --enable_bucket; a multiple of "
-      "--bucket_reso_steps, <= --resolution.");
+      "--bucket_reso_steps, <= --resolution (the shorter of W,H).");
     v(c.max_bucket_reso, "max_bucket_reso",
       "t2i (kohya): the largest bucket side with --enable_bucket; a multiple of "
-      "--bucket_reso_steps, >= --resolution.");
+      "--bucket_reso_steps, >= --resolution (the longer of W,H).");
     v(c.bucket_reso_steps, "bucket_reso_steps",
       "t2i (kohya): bucket sides are multiples of this (a multiple of 8, the VAE's scale; kohya "
       "asks 64 for SD 1.x / 2.x, the UNet's total downsampling).");
     v(c.bucket_no_upscale, "bucket_no_upscale",
-      "t2i (kohya): with --enable_bucket, no image is enlarged: an image above --resolution^2 "
+      "t2i (kohya): with --enable_bucket, no image is enlarged: an image above --resolution^2 (W x "
+      "H) "
       "pixels is scaled down to that area, a smaller one keeps its size, and its bucket is its "
       "size rounded down to --bucket_reso_steps (--min/--max_bucket_reso are ignored).");
     v(c.save_single_file, "save_single_file",

@@ -29,7 +29,7 @@ data::DatasetConfig dataset_config(const TrainConfig& c, uint64_t seed) {
     d.caption_column              = c.caption_column;
     d.max_train_samples           = c.max_train_samples.value_or(-1);
     d.seed                        = seed;
-    d.transform.resolution        = c.resolution;
+    d.transform.resolution        = c.resolution.width;  // the square path (W,H: buckets)
     d.transform.center_crop       = c.center_crop;
     d.transform.random_flip       = c.random_flip;
     d.transform.interpolation     = data::parse_interpolation_mode(c.image_interpolation_mode);
@@ -129,9 +129,12 @@ data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Dev
 
 std::shared_ptr<const data::BucketPlan> plan_buckets(const TrainConfig& c,
                                                      const data::CaptionDataset& dataset) {
-    if (!c.enable_bucket) return nullptr;
+    // --resolution W,H without --enable_bucket is the plan of one bucket, W x H.
+    if (!c.enable_bucket && c.resolution.square()) return nullptr;
     data::BucketConfig bc;
-    bc.resolution = c.resolution;
+    bc.width      = c.resolution.width;
+    bc.height     = c.resolution.height;
+    bc.single     = !c.enable_bucket;
     bc.min_reso   = c.min_bucket_reso;
     bc.max_reso   = c.max_bucket_reso;
     bc.reso_steps = c.bucket_reso_steps;
@@ -209,11 +212,11 @@ TrainingModels load_models(const TrainConfig& c, const pipeline::ModelFolder& fo
         at::globalContext().setAllowTF32CuBLAS(true);
         at::globalContext().setAllowTF32CuDNN(true);
     }
-    if (c.resolution % m.vae->config.vae_scale_factor() != 0)
-        throw FlagError("--resolution " + std::to_string(c.resolution) +
-                        " is not a multiple of "
-                        "the VAE's scale factor " +
-                        std::to_string(m.vae->config.vae_scale_factor()));
+    const int64_t scale = m.vae->config.vae_scale_factor();
+    if (c.resolution.width % scale != 0 || c.resolution.height % scale != 0)
+        throw FlagError("--resolution " + c.resolution.str() +
+                        ": each side must be a multiple of the VAE's scale factor " +
+                        std::to_string(scale));
     if (c.enable_bucket && c.bucket_reso_steps % m.vae->config.vae_scale_factor() != 0)
         throw FlagError("--bucket_reso_steps " + std::to_string(c.bucket_reso_steps) +
                         " is not a multiple of the VAE's scale factor " +

@@ -66,7 +66,8 @@ data::LoaderConfig loader_config(const TrainConfig& c, uint64_t seed, torch::Dev
                                  const DataParallel& dp, const FeatureCache& cache,
                                  std::shared_ptr<const data::BucketPlan> buckets = nullptr);
 
-// --enable_bucket: every image's bucket, from the image headers (data/buckets.h); null without.
+// --enable_bucket, or --resolution W,H (one bucket): every image's bucket, from the image
+// headers (data/buckets.h); null for the --resolution square.
 std::shared_ptr<const data::BucketPlan> plan_buckets(const TrainConfig& c,
                                                      const data::CaptionDataset& dataset);
 

@@ -172,10 +172,12 @@ Accumulated accumulate_gradients(StepContext& s) {
         const int64_t n       = batch->size();
         // One process: the draws of this batch. Several: the draws of the step's global batch
         // (the same generator state on every rank), of which this rank uses its rows.
-        // The batch's pixel size: its bucket's (--enable_bucket), else the --resolution square.
-        const std::vector<int64_t> pixel_shape{s.dp.active() ? batch->global_size : n, 3,
-                                               batch->height > 0 ? batch->height : c.resolution,
-                                               batch->width > 0 ? batch->width : c.resolution};
+        // The batch's pixel size: its bucket's (--enable_bucket, --resolution W,H), else the
+        // --resolution square.
+        const std::vector<int64_t> pixel_shape{
+            s.dp.active() ? batch->global_size : n, 3,
+            batch->height > 0 ? batch->height : c.resolution.height,
+            batch->width > 0 ? batch->width : c.resolution.width};
         auto draws = draw_step_randoms(latent_shape(s.models.vae->config, pixel_shape),
                                        s.models.noise_scheduler.config().num_train_timesteps,
                                        s.opt.generator, s.loss, s.device.is_cuda());

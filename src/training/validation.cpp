@@ -50,6 +50,10 @@ torch::Tensor log_validation(const TrainConfig& c, pipeline::StableDiffusionPipe
         o.prompts             = {prompts[i]};
         o.num_inference_steps = c.lora ? 30 : 20;  // the LoRA script's log_validation: 30
         o.generator           = &generator;
+        if (!c.resolution.square()) {        // t2i: --resolution W,H validates at W x H (a square
+            o.height = c.resolution.height;  // --resolution keeps the pipeline's default size,
+            o.width  = c.resolution.width;   // as the script)
+        }
         AutocastGuard autocast(unet->parameters().front().device(), autocast_dtype);
         auto image = pipe(o, *scheduler).images[0];  // [H, W, 3]
         io::write_png(dir + "/" + std::to_string(i) + "-" + prompt_slug(prompts[i]) + ".png",
