@@ -53,11 +53,60 @@ TEST(DemoTools, LineChartOfAFallingSeriesFalls) {
     values[50]       = std::nan("");  // skipped
     const auto chart = io::line_chart(values, 320, 200, 5);
     EXPECT_EQ(chart.sizes(), (std::vector<int64_t>{200, 320, 3}));
-    const auto left = curve_top(chart, 16, 40), right = curve_top(chart, 280, 304);
+    const auto left = curve_top(chart, 40, 64), right = curve_top(chart, 280, 304);
     ASSERT_GE(left, 0);
     ASSERT_GE(right, 0);
     EXPECT_LT(left, right - 80);  // high on the left, low on the right
     EXPECT_THROW(io::line_chart({1.0}), std::invalid_argument);
+}
+
+// Rows of the label ink (60, 60, 60) in columns [x0, x1).
+std::vector<int64_t> ink_rows(const torch::Tensor& chart, int64_t x0, int64_t x1) {
+    std::vector<int64_t> rows;
+    for (int64_t y = 0; y < chart.size(0); ++y)
+        for (int64_t x = x0; x < x1; ++x)
+            if (chart[y][x][0].item<int>() == 60 && chart[y][x][1].item<int>() == 60) {
+                rows.push_back(y);
+                break;
+            }
+    return rows;
+}
+
+TEST(DemoTools, LineChartLabelsEachQuarterOnItsGridLineAndTheXEnds) {
+    std::vector<double> values;
+    for (int i = 0; i < 100; ++i) values.push_back(2.0 - 0.01 * i);  // 2 .. 1.01: range 0 .. 2
+    const auto chart = io::line_chart(values, 400, 300, 5, 10, 109);
+    // The grid lines (light grey) in a column inside the plot.
+    std::vector<int64_t> grid;
+    for (int64_t y = 0; y < chart.size(0); ++y)
+        if (chart[y][200][0].item<int>() == 225) grid.push_back(y);
+    ASSERT_EQ(grid.size(), 6u);  // 3 lines, 2 pixels thick
+    // Left of the plot: 5 labels (0, 0.5, 1, 1.5, 2) of 14 rows each (glyphs at scale 2), each
+    // centred on its quarter: the middle three on the grid lines.
+    const auto rows = ink_rows(chart, 0, 42);  // the frame is at x = 34 + 12
+    std::vector<int64_t> tops;
+    for (size_t i = 0; i < rows.size(); ++i)
+        if (i == 0 || rows[i] != rows[i - 1] + 1) tops.push_back(rows[i]);
+    ASSERT_EQ(tops.size(), 5u);
+    for (int q = 1; q <= 3; ++q) {
+        const int64_t line = grid[size_t(2 * (3 - q))];  // top line first: q = 3
+        const int64_t top  = tops[size_t(4 - q)];
+        EXPECT_LE(top, line) << q;
+        EXPECT_GE(top + 14, line) << q;
+    }
+    // "0.5" is wider than "2": right-aligned labels start further left.
+    auto first_ink_column = [&](int64_t y0, int64_t y1) {
+        for (int64_t x = 0; x < chart.size(1); ++x)
+            for (int64_t y = y0; y < y1; ++y)
+                if (chart[y][x][0].item<int>() == 60) return x;
+        return int64_t(-1);
+    };
+    EXPECT_LT(first_ink_column(tops[3], tops[3] + 14), first_ink_column(tops[0], tops[0] + 14));
+    // Under the frame: "10" at the left end and "109" at the right end.
+    const int64_t below = tops.back() + 20;
+    EXPECT_FALSE(ink_rows(chart.slice(0, below), 30, 80).empty());
+    EXPECT_FALSE(ink_rows(chart.slice(0, below), 340, 400).empty());
+    EXPECT_TRUE(ink_rows(chart.slice(0, below), 120, 300).empty());
 }
 
 // Mean squared reconstruction error of a VAE (posterior mean) over a dataset's center crops.

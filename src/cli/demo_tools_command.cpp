@@ -94,7 +94,8 @@ int plot_loss_command(const std::vector<std::string>& args) {
     std::string metrics, output, key = "train_loss";
     ArgParser p("t2i plot-loss --metrics OUT/logs/metrics.jsonl --output LOSS.png",
                 "Draw a metric of a training run (one JSON line per step) as a PNG chart: every\n"
-                "step's value and the moving average over 10 steps; the y axis starts at 0.");
+                "step's value and the moving average over 10 steps; the y axis starts at 0 and is\n"
+                "labelled at its quarters, the x axis with the first and last step.");
     p.add(metrics, "metrics", "The run's metrics.jsonl.");
     p.add(output, "output", "The PNG to write (a new file).");
     p.add(key, "key", "The metric to draw.");
@@ -102,7 +103,7 @@ int plot_loss_command(const std::vector<std::string>& args) {
     check_new_png(output);
     std::ifstream in(metrics);
     if (!in) throw UsageError("--metrics '" + metrics + "': cannot read it");
-    std::vector<double> values;
+    std::vector<double> values, steps;
     int64_t line_no = 0;
     for (std::string line; std::getline(in, line);) {
         ++line_no;
@@ -110,11 +111,14 @@ int plot_loss_command(const std::vector<std::string>& args) {
         const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded() || !j.is_object())
             throw UsageError(metrics + ":" + std::to_string(line_no) + ": not a JSON object");
-        if (j.contains(key) && j[key].is_number()) values.push_back(j[key].get<double>());
+        if (!j.contains(key) || !j[key].is_number()) continue;
+        values.push_back(j[key].get<double>());
+        steps.push_back(j.contains("step") && j["step"].is_number() ? j["step"].get<double>()
+                                                                    : double(values.size()));
     }
     if (values.size() < 2)
         throw UsageError(metrics + ": fewer than 2 lines with a number '" + key + "'");
-    io::write_png(output, io::line_chart(values));
+    io::write_png(output, io::line_chart(values, 640, 360, 10, steps.front(), steps.back()));
     log_info("%s: %zu values of %s, first %.4f, last %.4f", output.c_str(), values.size(),
              key.c_str(), values.front(), values.back());
     std::printf("%s\n", output.c_str());

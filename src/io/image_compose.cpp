@@ -2,8 +2,12 @@
 #include "io/image_compose.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdio>
+#include <map>
 #include <stdexcept>
+#include <string>
 
 namespace t2i::io {
 
@@ -60,10 +64,60 @@ struct Canvas {
     }
 };
 
+// 5 x 7 glyphs of the characters a number is printed with (%g), one row of 5 bits per line.
+const std::map<char, std::array<uint8_t, 7>>& glyphs() {
+    static const std::map<char, std::array<uint8_t, 7>> g{
+        {'0', {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}},
+        {'1', {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E}},
+        {'2', {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}},
+        {'3', {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E}},
+        {'4', {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}},
+        {'5', {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E}},
+        {'6', {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}},
+        {'7', {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08}},
+        {'8', {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}},
+        {'9', {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C}},
+        {'.', {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}},
+        {'-', {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}},
+        {'+', {0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00}},
+        {'e', {0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E}}};
+    return g;
+}
+
+std::string number_text(double v) {
+    char buf[32];
+    if (v == std::floor(v) && std::abs(v) < 1e9)  // a step: every digit
+        std::snprintf(buf, sizeof buf, "%.0f", v);
+    else
+        std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+// Width in pixels of `text` at `scale` (6 x scale per character: 5 drawn, 1 apart).
+int64_t text_width(const std::string& text, int64_t scale) {
+    return int64_t(text.size()) * 6 * scale - scale;
+}
+
+// `text` with its top-left corner at (x, y); characters without a glyph stay blank.
+void draw_text(Canvas& c, const std::string& text, int64_t x, int64_t y, int64_t scale,
+               const uint8_t rgb[3]) {
+    for (size_t k = 0; k < text.size(); ++k) {
+        const auto it = glyphs().find(text[k]);
+        if (it == glyphs().end()) continue;
+        const int64_t x0 = x + int64_t(k) * 6 * scale;
+        for (int64_t row = 0; row < 7; ++row)
+            for (int64_t col = 0; col < 5; ++col)
+                if (it->second[size_t(row)] & (0x10 >> col))
+                    for (int64_t dy = 0; dy < scale; ++dy)
+                        for (int64_t dx = 0; dx < scale; ++dx)
+                            c.set(x0 + col * scale + dx, y + row * scale + dy, rgb);
+    }
+}
+
 }  // namespace
 
 torch::Tensor line_chart(const std::vector<double>& values, int64_t width, int64_t height,
-                         int64_t smooth) {
+                         int64_t smooth, double first_x, double last_x) {
     std::vector<std::pair<size_t, double>> pts;
     for (size_t i = 0; i < values.size(); ++i)
         if (std::isfinite(values[i])) pts.emplace_back(i, values[i]);
@@ -74,22 +128,39 @@ torch::Tensor line_chart(const std::vector<double>& values, int64_t width, int64
     for (const auto& p : pts) lo = std::min(lo, p.second), hi = std::max(hi, p.second);
     if (lo >= 0) lo = 0;
     if (hi <= lo) hi = lo + 1;
+    if (first_x == 0 && last_x == 0) first_x = 1, last_x = double(values.size());
     Canvas c(height, width);
-    const int64_t m   = 16;  // margin
+    // Labels: the value at the frame's bottom, the three grid lines and the top, on the left;
+    // the first and last x under the frame's ends.
+    const int64_t s = height >= 240 ? 2 : 1;  // glyph scale
+    std::vector<std::string> y_labels;
+    int64_t label_w = 0;
+    for (int q = 0; q <= 4; ++q) {
+        y_labels.push_back(number_text(lo + (hi - lo) * q / 4));
+        label_w = std::max(label_w, text_width(y_labels.back(), s));
+    }
+    const int64_t left = label_w + 12, right = 16, top = 16, bottom = 7 * s + 14;
     const double last = double(values.size() - 1);
     auto X            = [&](double i) {
-        return m + int64_t(std::lround(i / last * double(width - 2 * m - 1)));
+        return left + int64_t(std::lround(i / last * double(width - left - right - 1)));
     };
     auto Y = [&](double v) {
-        return height - 1 - m -
-               int64_t(std::lround((v - lo) / (hi - lo) * double(height - 2 * m - 1)));
+        return height - 1 - bottom -
+               int64_t(std::lround((v - lo) / (hi - lo) * double(height - top - bottom - 1)));
     };
     const uint8_t grid[3] = {225, 225, 225}, frame[3] = {150, 150, 150};
-    const uint8_t point[3] = {170, 190, 225}, curve[3] = {20, 60, 160};
+    const uint8_t point[3] = {170, 190, 225}, curve[3] = {20, 60, 160}, ink[3] = {60, 60, 60};
     for (int q = 1; q < 4; ++q)
-        c.line(m, Y(lo + (hi - lo) * q / 4), width - m, Y(lo + (hi - lo) * q / 4), grid);
-    c.line(m, m, m, height - m, frame);
-    c.line(m, height - m, width - m, height - m, frame);
+        c.line(left, Y(lo + (hi - lo) * q / 4), width - right, Y(lo + (hi - lo) * q / 4), grid);
+    c.line(left, top, left, height - bottom, frame);
+    c.line(left, height - bottom, width - right, height - bottom, frame);
+    for (int q = 0; q <= 4; ++q) {
+        const auto& t = y_labels[size_t(q)];
+        draw_text(c, t, left - 6 - text_width(t, s), Y(lo + (hi - lo) * q / 4) - 7 * s / 2, s, ink);
+    }
+    const std::string x0 = number_text(first_x), x1 = number_text(last_x);
+    draw_text(c, x0, left, height - bottom + 6, s, ink);
+    draw_text(c, x1, width - right - text_width(x1, s), height - bottom + 6, s, ink);
     for (const auto& p : pts) c.set(X(double(p.first)), Y(p.second), point);
     const size_t k = size_t(std::max<int64_t>(1, smooth));
     int64_t px = -1, py = -1;

@@ -18,8 +18,11 @@ torch::Tensor image_grid(const std::vector<torch::Tensor>& images, int64_t colum
 // A width x height chart of `values` over their index: light grey points for every value, a dark
 // blue line for their moving average over `smooth` values, a grey frame, and horizontal grid
 // lines at the quarters of the value range (the range from 0 to the largest value when every
-// value is >= 0). Non-finite values are skipped. Throws for fewer than 2 finite values.
+// value is >= 0), each quarter labelled with its value on the left; the x axis is labelled
+// `first_x` and `last_x` at its ends (both 0: 1 and values.size()). Non-finite values are
+// skipped. Throws for fewer than 2 finite values.
 torch::Tensor line_chart(const std::vector<double>& values, int64_t width = 640,
-                         int64_t height = 360, int64_t smooth = 10);
+                         int64_t height = 360, int64_t smooth = 10, double first_x = 0,
+                         double last_x = 0);
 
 }  // namespace t2i::io

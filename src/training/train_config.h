@@ -190,9 +190,10 @@ void visit_flags(Config& c, Visitor&& v) {
       "attention (flash / memory-efficient kernels on CUDA), what xformers gave.");
     // Data
     v(c.dataset_name, "dataset_name",
-      "A local dataset: a folder (imagefolder with metadata.jsonl/.csv, or images with "
-      ".txt/.caption "
-      "sidecars) or a .json/.jsonl file of records. Hub ids are not downloaded.");
+      "A local dataset: a downloaded Hub dataset repository (Parquet shards, split train), a "
+      "folder written by datasets' save_to_disk (Arrow), an imagefolder (metadata.jsonl/.csv, "
+      "or images with .txt/.caption sidecars) or a .json/.jsonl file of records. Hub ids are "
+      "not downloaded.");
     v(c.dataset_config_name, "dataset_config_name", "Config of a Hub dataset. Not supported.");
     v(c.train_data_dir, "train_data_dir",
       "Folder of training images with metadata.jsonl / metadata.csv (file_name + caption column) "
