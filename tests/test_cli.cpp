@@ -1,10 +1,14 @@
 // Tests: the `t2i` binary's contract (CLI.md): inspect and tokenize output, exit codes 0 / 1 / 2,
 // errors that name the problem.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -201,6 +205,30 @@ TEST(Cli, TrainWarnsOnlyAboutFlagsGivenAndTakesValidationPrompt) {
     r = run_t2i(args);
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("--lr_warmup_steps 10 is ignored"), std::string::npos) << r.out;
+}
+
+// A write to a pipe or socket whose reader is gone returns an error instead of killing t2i with
+// SIGPIPE (as under Python, which ignores it: Gloo writes to a dead rank's socket with writev,
+// which cannot ask for MSG_NOSIGNAL). Here: --help into a pipe that nobody reads.
+TEST(Cli, AWriteToAClosedPipeDoesNotKillT2i) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    ::close(fds[0]);  // no reader
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::signal(SIGPIPE, SIG_DFL);  // not inherited from this process: t2i must set it itself
+        ::dup2(fds[1], 1);
+        const int null = ::open("/dev/null", O_WRONLY);
+        ::dup2(null, 2);
+        ::execl(T2I_BINARY, T2I_BINARY, "--help", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    ::close(fds[1]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_FALSE(WIFSIGNALED(status)) << "killed by " << strsignal(WTERMSIG(status));
+    EXPECT_TRUE(WIFEXITED(status));
 }
 
 }  // namespace

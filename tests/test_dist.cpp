@@ -590,7 +590,10 @@ TEST(DataParallel, ARankThatDiesOrHangsEndsTheRunNamingIt) {
                 ADD_FAILURE() << k.name << ": rank " << r << " did not stop within 30 s";
                 continue;
             }
-            EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << k.name;
+            EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0)
+                << k.name << ", rank " << r << ": "
+                << (WIFSIGNALED(status) ? std::string("killed by ") + strsignal(WTERMSIG(status))
+                                        : "exit code " + std::to_string(WEXITSTATUS(status)));
             EXPECT_NE(log.find(k.expected), std::string::npos) << k.name << ", rank " << r << ":\n"
                                                                << log;
             EXPECT_NE(log.find("--resume_from_checkpoint latest"), std::string::npos) << log;

@@ -1,5 +1,6 @@
 // Implements: `t2i <command> [flags]`: dispatch only. The one place that catches exceptions:
 // usage errors exit 2, every other error exits 1, each with a one-line message on stderr.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -64,6 +65,11 @@ void print_usage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // As Python does at startup (so torch's Gloo runs so under torchrun): a write to a socket
+    // whose peer died returns EPIPE, which Gloo reports as an error naming the peer, instead of
+    // SIGPIPE killing this process without a word (a rank killed mid-step took its survivors
+    // with it before the heartbeat diagnosis could run).
+    std::signal(SIGPIPE, SIG_IGN);
     // Before anything asks libtorch about CUDA (see util/device.h).
     if (t2i::command_line_wants_cuda(argc, argv)) t2i::load_cuda_runtime();
     if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
