@@ -399,6 +399,11 @@ TEST(TrainLora, InterruptedAndResumedEqualsStraightRunBitForBitAndOnlyTheLoraIsW
               0.f);
     EXPECT_FALSE(io::file_exists(straight.output_dir + "/model_index.json"));
     EXPECT_FALSE(io::dir_exists(straight.output_dir + "/unet"));
+    // That finished run left no checkpoint: a new run there, or a resume, would overwrite it.
+    auto again = straight;
+    testing::expect_error<training::FlagError>([&] { training::train(again); }, {"earlier run"});
+    again.resume_from_checkpoint = "latest";
+    testing::expect_error<training::FlagError>([&] { training::train(again); }, {"finished run"});
     const auto kohya = io::load_safetensors(straight.output_dir + "/straight.safetensors");
     ASSERT_EQ(kohya.size(), a.size() / 2 * 3);  // down, up, alpha per module
     const std::string k = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v";

@@ -368,6 +368,26 @@ TEST(SafetensorsAtomicWrite, OverwritesAndLeavesNoTempFile) {
     EXPECT_TRUE(temp_files(dir.path()).empty());
 }
 
+// replace = false (t2i convert's outputs): a new file is written; a file that is there when the
+// write ends (one that appeared meanwhile) stays byte for byte, and no temp file is left.
+TEST(SafetensorsAtomicWrite, NoReplaceWritesANewFileAndNeverAnExistingOne) {
+    TempDir dir;
+    const std::string path = dir.file("new.safetensors");
+    io::save_safetensors(path, {{"x", torch::ones({3})}}, {{"format", "pt"}}, /*replace=*/false);
+    EXPECT_TRUE(torch::equal(io::load_safetensors(path).at("x"), torch::ones({3})));
+    const std::string users = dir.file("users.safetensors");
+    write_bytes(users, "the user's bytes");
+    try {
+        io::save_safetensors(users, {{"x", torch::ones({3})}}, {{"format", "pt"}}, false);
+        FAIL() << "no exception";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("does not replace"), std::string::npos) << e.what();
+    }
+    std::ifstream in(users);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), "the user's bytes");
+    EXPECT_TRUE(temp_files(dir.path()).empty());
+}
+
 TEST(SafetensorsAtomicWrite, MissingFolderThrowsNamingPathAndLeavesNoTempFile) {
     TempDir dir;
     const std::string path = dir.file("no_such_folder/w.safetensors");

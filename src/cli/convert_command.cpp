@@ -13,6 +13,7 @@
 #include "io/file_util.h"
 #include "io/output_folder.h"
 #include "models/lora.h"
+#include "models/weights.h"
 #include "pipeline/ldm_keys.h"
 #include "pipeline/model_dir.h"
 #include "pipeline/single_file.h"
@@ -55,7 +56,7 @@ void folder_to_single_file(const ConvertFlags& f) {
     if (model.checkpoint)
         throw UsageError("--model_path '" + f.model_path +
                          "' is a checkpoint-N folder (a UNet only); give a whole pipeline folder");
-    pipeline::save_single_file(model, f.checkpoint_path, f.half);
+    pipeline::save_single_file(model, f.checkpoint_path, f.half, /*replace=*/false);
     std::printf("%s\n", f.checkpoint_path.c_str());
 }
 
@@ -115,7 +116,8 @@ void convert_lora(const ConvertFlags& f) {
     auto out = lora.format == "kohya" ? models::to_diffusers(lora) : models::to_kohya(lora);
     if (f.half)
         for (auto& [k, v] : out) v = v.to(torch::kFloat16);
-    io::save_safetensors(f.dump_path, out);
+    models::check_finite(out, f.dump_path);  // also a value beyond fp16's range under --half
+    io::save_safetensors(f.dump_path, out, {{"format", "pt"}}, /*replace=*/false);
     log_info("%s: %zu LoRA modules, %s layout -> %s layout", f.lora_path.c_str(),
              lora.modules.size(), lora.format.c_str(),
              lora.format == "kohya" ? "diffusers" : "kohya");

@@ -21,7 +21,8 @@ std::string parent_dir(const std::string& path) {
 }
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::function<bool(std::FILE*)>& write) {
+void write_file_atomic(const std::string& path, const std::function<bool(std::FILE*)>& write,
+                       bool replace) {
     const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
     std::FILE* f          = std::fopen(tmp.c_str(), "wb");
     if (!f)
@@ -39,6 +40,19 @@ void write_file_atomic(const std::string& path, const std::function<bool(std::FI
     ok              = (std::fflush(f) == 0) && ok;
     ok              = (::fsync(::fileno(f)) == 0) && ok;
     ok              = (std::fclose(f) == 0) && ok;
+    if (ok && !replace) {
+        const bool linked    = ::link(tmp.c_str(), path.c_str()) == 0;
+        const int link_errno = errno;
+        std::remove(tmp.c_str());
+        if (!linked && link_errno == EEXIST)
+            throw std::runtime_error("'" + path +
+                                     "' appeared while it was being written; t2i does not "
+                                     "replace it (nothing was changed there)");
+        if (!linked)
+            throw std::runtime_error("writing '" + path + "' failed: " + std::strerror(link_errno));
+        fsync_dir(parent_dir(path));
+        return;
+    }
     if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) ok = false;
     if (!ok) {
         const std::string err = std::strerror(saved_errno ? saved_errno : errno);

@@ -14,8 +14,11 @@ namespace t2i::io {
 
 // Calls `write` on a temporary file next to `path`, fsyncs it, renames it over `path` and fsyncs
 // the folder. `write` returns false on a short write. Throws naming `path` on any failure and
-// removes the temporary file; an existing `path` is never damaged.
-void write_file_atomic(const std::string& path, const std::function<bool(std::FILE*)>& write);
+// removes the temporary file; an existing `path` is never damaged. `replace` false: a new file
+// only; if `path` exists when the write is done (it appeared meanwhile), it is left as it is and
+// the call throws (link(2) instead of rename(2)).
+void write_file_atomic(const std::string& path, const std::function<bool(std::FILE*)>& write,
+                       bool replace = true);
 void write_text_atomic(const std::string& path, const std::string& text);
 // Makes renames and new entries in `dir` durable (best effort: errors are ignored).
 void fsync_dir(const std::string& dir);

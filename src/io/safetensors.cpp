@@ -232,7 +232,8 @@ TensorMap SafetensorsFile::get_all() const {
 
 TensorMap load_safetensors(const std::string& path) { return SafetensorsFile(path).get_all(); }
 
-void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata) {
+void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata,
+                      bool replace) {
     nlohmann::json header = nlohmann::json::object();
     if (!metadata.empty()) header["__metadata__"] = metadata;
     std::vector<torch::Tensor> data;
@@ -254,14 +255,17 @@ void save_safetensors(const std::string& path, const TensorMap& tensors, const M
     out.reserve(8 + n);
     for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
     out += json;
-    write_file_atomic(path, [&](std::FILE* f) {
-        if (std::fwrite(out.data(), 1, out.size(), f) != out.size()) return false;
-        for (const auto& t : data) {
-            const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
-            if (bytes && std::fwrite(t.data_ptr(), 1, bytes, f) != bytes) return false;
-        }
-        return true;
-    });
+    write_file_atomic(
+        path,
+        [&](std::FILE* f) {
+            if (std::fwrite(out.data(), 1, out.size(), f) != out.size()) return false;
+            for (const auto& t : data) {
+                const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+                if (bytes && std::fwrite(t.data_ptr(), 1, bytes, f) != bytes) return false;
+            }
+            return true;
+        },
+        replace);
 }
 
 }  // namespace t2i::io

@@ -72,8 +72,9 @@ TensorMap load_safetensors(const std::string& path);
 
 // Write tensors (contiguous little-endian copies) in name order, header padded with spaces to a
 // multiple of 8 bytes as the reference writer does. Written to `path.tmp-<pid>`, fsynced and
-// renamed, so a crash never leaves a half-written file under `path`.
+// renamed, so a crash never leaves a half-written file under `path`. `replace` false: a new file
+// only (io::write_file_atomic).
 void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const Metadata& metadata = {{"format", "pt"}});
+                      const Metadata& metadata = {{"format", "pt"}}, bool replace = true);
 
 }  // namespace t2i::io

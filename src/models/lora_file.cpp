@@ -4,6 +4,7 @@
 // (_convert_non_diffusers_lora_to_diffusers for kohya's SD 1.x / 2.x names) and
 // utils/state_dict_utils.py (convert_state_dict_to_kohya).
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -199,6 +200,7 @@ LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
                 (e.down.defined() ? "down (A)" : "up (B)") + " weight; the file is incomplete");
         if (e.down.dim() < 2 || e.up.dim() < 2 || e.down.size(0) != e.up.size(1))
             unknown_key(path, e.key, "down and up weights of different ranks");
+        if (e.down.size(0) < 1) unknown_key(path, e.key, "rank 0 (empty down / up weights)");
         LoraModule m;
         m.component     = id.first;
         m.module        = id.second;
@@ -209,6 +211,8 @@ LoraFile read_lora_file(const std::string& path, const torch::nn::Module* unet,
         const double alpha =
             e.alpha.defined() ? e.alpha.to(torch::kFloat64).item<double>()
                               : metadata_alpha(file.metadata(), m.component, m.module, rank, path);
+        if (!std::isfinite(alpha))  // it scales every weight it touches
+            unknown_key(path, e.key, "alpha is NaN or infinite");
         m.alpha_scale = alpha / static_cast<double>(rank);
         out.modules.push_back(std::move(m));
     }

@@ -120,6 +120,30 @@ void save_weights(const torch::nn::Module& module, const std::string& path,
     io::save_safetensors(path, tensors);
 }
 
+namespace {
+
+void check_finite_tensor(const std::string& name, const torch::Tensor& t, const std::string& what) {
+    if (!t.is_floating_point() || t.isfinite().all().item<bool>()) return;
+    throw std::runtime_error(what + ": '" + name +
+                             "' holds NaN or infinite values; nothing was written");
+}
+
+}  // namespace
+
+void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const std::string& what) {
+    for (const auto& [name, t] : tensors) check_finite_tensor(name, t, what);
+}
+
+void check_finite(const io::TensorMap& tensors, const std::string& what) {
+    for (const auto& [name, t] : tensors) check_finite_tensor(name, t, what);
+}
+
+void check_finite(const torch::OrderedDict<std::string, torch::Tensor>& tensors,
+                  const std::string& what) {
+    for (const auto& item : tensors) check_finite_tensor(item.key(), item.value(), what);
+}
+
 int64_t count_parameters(const torch::nn::Module& module) {
     int64_t n = 0;
     for (const auto& p : module.parameters()) n += p.numel();

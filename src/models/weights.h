@@ -32,6 +32,14 @@ void load_weights(torch::nn::Module& module, const std::vector<std::string>& fil
 void save_weights(const torch::nn::Module& module, const std::string& path,
                   c10::optional<torch::ScalarType> dtype = c10::nullopt);
 
+// Throws naming `what` and the first tensor with a NaN or infinite value ("... nothing was
+// written"): called before any weights are saved, so a NaN never reaches a file.
+void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                  const std::string& what);
+void check_finite(const io::TensorMap& tensors, const std::string& what);
+void check_finite(const torch::OrderedDict<std::string, torch::Tensor>& tensors,
+                  const std::string& what);
+
 // Number of parameter elements (what diffusers' `num_parameters()` counts).
 int64_t count_parameters(const torch::nn::Module& module);
 

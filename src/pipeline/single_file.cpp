@@ -242,12 +242,15 @@ io::TensorMap to_ldm_state_dict(const models::UNet2DConditionModel& unet,
     return out;
 }
 
-void save_single_file(const ModelFolder& model, const std::string& path, bool half) {
+void save_single_file(const ModelFolder& model, const std::string& path, bool half, bool replace) {
     const LoadOptions fp32;
     const auto unet         = model.load_unet(fp32);
     const auto vae          = model.load_vae(fp32);
     const auto text_encoder = model.load_text_encoder(fp32);
-    io::save_safetensors(path, to_ldm_state_dict(unet, vae, text_encoder, half));
+    const auto tensors      = to_ldm_state_dict(unet, vae, text_encoder, half);
+    // NaN in the folder, or a value beyond fp16's range under --half, is never written.
+    models::check_finite(tensors, path);
+    io::save_safetensors(path, tensors, {{"format", "pt"}}, replace);
 }
 
 }  // namespace t2i::pipeline

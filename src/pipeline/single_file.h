@@ -89,6 +89,8 @@ io::TensorMap to_ldm_state_dict(const models::UNet2DConditionModel& unet,
 // `model` (a diffusers folder, or another single file) as one original-layout file at `path`,
 // fp32 or (half) fp16, written under a temporary name and renamed into place. The text encoder
 // takes the OpenCLIP layout when its hidden_act is "gelu" (SD 2.x), else the CLIP one.
-void save_single_file(const ModelFolder& model, const std::string& path, bool half);
+// `replace` false: `path` must not exist when the write ends (io::write_file_atomic).
+void save_single_file(const ModelFolder& model, const std::string& path, bool half,
+                      bool replace = true);
 
 }  // namespace t2i::pipeline

@@ -54,15 +54,6 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
     return out;
 }
 
-void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                  const std::string& what) {
-    for (const auto& [name, t] : tensors) {
-        if (!t.is_floating_point() || t.isfinite().all().item<bool>()) continue;
-        throw std::runtime_error(what + ": '" + name +
-                                 "' holds NaN or infinite values; nothing was written");
-    }
-}
-
 std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DConditionModel& unet,
                             const EMAModel* ema, const TensorMap& optimizer_state,
                             const at::Generator& generator, const TrainerState& state,
@@ -72,14 +63,9 @@ std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DCondition
     const auto previous    = list_checkpoints(out.path());
     const std::string last = previous.empty() ? "none" : previous.back().second;
     // A user's work is never replaced by NaN: check before anything is written.
-    std::vector<std::pair<std::string, torch::Tensor>> weights;
     const auto trained = lora ? models::lora_parameters(unet) : unet->named_parameters();
-    for (const auto& p : trained) weights.emplace_back(p.key(), p.value());
-    check_finite(weights, "step " + step + (lora ? ": the LoRA weights" : ": the UNet weights"));
-    if (ema) {
-        const auto shadow = ema->shadow_map();
-        check_finite({shadow.begin(), shadow.end()}, "step " + step + ": the EMA weights");
-    }
+    check_finite(trained, "step " + step + (lora ? ": the LoRA weights" : ": the UNet weights"));
+    if (ema) check_finite(ema->shadow_map(), "step " + step + ": the EMA weights");
     out.claim(name);
     const std::string dest = out.file(name);
     const std::string tmp  = out.file("." + name + ".tmp-" + std::to_string(::getpid()));
@@ -210,8 +196,11 @@ std::unique_ptr<io::OutputFolder> open_output_dir(const std::string& output_dir,
         folder->check_not_foreign({name}, hint);
         earlier.push_back(name);
     }
-    const bool saved_model =
-        folder->owns("model_index.json") && io::file_exists(folder->file("model_index.json"));
+    // A finished run: its pipeline folder (t2i train) or its LoRA file (t2i train-lora).
+    bool saved_model = false;
+    for (const char* result : {"model_index.json", kLoraWeightsName})
+        saved_model =
+            saved_model || (folder->owns(result) && io::file_exists(folder->file(result)));
     if (resuming && earlier.empty() && saved_model)
         throw FlagError("--output_dir '" + output_dir +
                         "' holds a finished run's model but no checkpoint to resume from; a new "

@@ -23,6 +23,7 @@
 #include "io/output_folder.h"
 #include "io/safetensors.h"
 #include "models/unet.h"
+#include "models/weights.h"
 #include "training/ema.h"
 #include "training/lr_schedule.h"
 #include "training/optimizer.h"
@@ -67,9 +68,7 @@ void prune_checkpoints(io::OutputFolder& out, int64_t keep);
 // `latest`); returns the new path, or "" when there is no such checkpoint of t2i's.
 std::string quarantine_checkpoint(io::OutputFolder& out, int64_t step);
 
-// Throws naming `what` and the first parameter with a NaN or infinite value.
-void check_finite(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                  const std::string& what);
+using models::check_finite;  // models/weights.h
 
 // Complete checkpoint folders (checkpoint-<N>) in output_dir, oldest first.
 std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& output_dir);

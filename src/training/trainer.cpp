@@ -65,9 +65,7 @@ struct StopSignals {
 void save_final_model(const TrainConfig& c, io::OutputFolder& out,
                       const pipeline::ModelFolder& base, const models::UNet2DConditionModel& unet,
                       const io::JsonConfig& scheduler_config, const std::string& prediction_type) {
-    std::vector<std::pair<std::string, torch::Tensor>> weights;
-    for (const auto& p : unet->named_parameters()) weights.emplace_back(p.key(), p.value());
-    check_finite(weights, "the trained UNet");
+    check_finite(unet->named_parameters(), "the trained UNet");
     auto sched               = scheduler_config.json();
     sched["prediction_type"] = prediction_type;
     pipeline::save_pipeline_folder(out, base, unet, sched, c.variant.value_or(""));
@@ -80,9 +78,7 @@ void save_final_model(const TrainConfig& c, io::OutputFolder& out,
 // OUT/<name of OUT>.safetensors.
 void save_lora_weights(const TrainConfig& c, io::OutputFolder& out,
                        const torch::OrderedDict<std::string, torch::Tensor>& params) {
-    std::vector<std::pair<std::string, torch::Tensor>> weights;
-    for (const auto& p : params) weights.emplace_back(p.key(), p.value());
-    check_finite(weights, "the trained LoRA");
+    check_finite(params, "the trained LoRA");
     out.claim(kLoraWeightsName);
     io::save_safetensors(out.file(kLoraWeightsName), models::lora_state_dict_for_saving(params));
     if (!c.save_single_file) return;

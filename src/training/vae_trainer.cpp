@@ -66,14 +66,14 @@ void train_vae(const VaeTrainConfig& c) {
     d.transform.random_flip = true;
     auto dataset            = std::make_shared<const data::CaptionDataset>(
         data::CaptionDataset::open(d, base.tokenizer()));
+    auto vae = base.load_vae(pipeline::LoadOptions{});
+    if (c.resolution % vae->config.vae_scale_factor() != 0)  // before the output folder exists
+        throw std::invalid_argument("--resolution must be a multiple of the VAE's scale factor " +
+                                    std::to_string(vae->config.vae_scale_factor()));
     auto out = open_output_dir(
         c.output_dir, c.pretrained_model_name_or_path, dataset->root(),
         /*resuming=*/false,
         {"model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler"});
-    auto vae = base.load_vae(pipeline::LoadOptions{});
-    if (c.resolution % vae->config.vae_scale_factor() != 0)
-        throw std::invalid_argument("--resolution must be a multiple of the VAE's scale factor " +
-                                    std::to_string(vae->config.vae_scale_factor()));
     vae->train();
     data::LoaderConfig lc;
     lc.batch_size = c.train_batch_size;
@@ -115,9 +115,7 @@ void train_vae(const VaeTrainConfig& c) {
         }
         ++step;
     }
-    std::vector<std::pair<std::string, torch::Tensor>> weights;
-    for (const auto& p : vae->named_parameters()) weights.emplace_back(p.key(), p.value());
-    check_finite(weights, "train-vae: the trained VAE");  // nothing is written then
+    check_finite(vae->named_parameters(), "train-vae: the trained VAE");  // nothing written then
     const double scaling              = latent_scaling_factor(vae, *dataset);
     vae->config.scaling_factor        = scaling;
     vae->config.raw["scaling_factor"] = scaling;

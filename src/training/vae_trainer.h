@@ -3,7 +3,8 @@
 // init-model) gets a VAE that can encode and decode, and what the UNet then learns can be looked
 // at (scripts/demo.sh). Loss: MSE between the image and the decoding of a posterior sample, plus
 // kl_weight x the posterior's KL to N(0, I) (the KL-regularized autoencoder of Rombach et al.,
-// without its perceptual and adversarial terms). AdamW, random crop and flip as `t2i train`.
+// without its perceptual and adversarial terms). AdamW; centre crops (the scaling factor is
+// measured on them), random flips.
 // The saved config's scaling_factor becomes 1 / std of the trained posterior means over the
 // dataset, the rule by which SD's 0.18215 was chosen, so the UNet sees unit-variance latents.
 // Output: a complete pipeline folder, the base model's components with the trained VAE.
