@@ -11,6 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 T2I=${T2I:-./build/t2i}
 OUT=${1:-out/demo}
+# Starts afresh, but only over an earlier demo's folder: never deletes a folder of the user's.
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/base-model/model_index.json" ]; then
+  echo "demo.sh: '$OUT' exists and is not an earlier demo's output; give a new folder" >&2
+  exit 2
+fi
 rm -rf "$OUT"
 PROMPTS=("a red circle on a white background" "a blue square on a black background"
   "a yellow triangle on a white background" "a green circle on a black background"

@@ -301,6 +301,14 @@ TEST(ModelDir, ModelIndexMustBeAnObjectListingEveryComponent) {
         expect_error([&] { pipeline::read_pipeline_index(m); },
                      {"entry 'vae'", "[library, class]"});
     }
+    {  // a component is a folder beside model_index.json: "../x" would be read (and, by
+       // convert --config, written) outside the model folder
+        TempDir dir;
+        const auto m = model_copy(dir, "model_index.json", [](json& j) {
+            j["../x"] = {"diffusers", "AutoencoderKL"};
+        });
+        expect_error([&] { pipeline::read_pipeline_index(m); }, {"\"../x\"", "not a folder name"});
+    }
     {
         TempDir dir;
         const auto m = model_copy(dir, "model_index.json", [](json&) {});

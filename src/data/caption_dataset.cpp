@@ -135,13 +135,13 @@ std::vector<std::string> parse_captions(const json& cell, const std::string& col
 // root, unless --allow_paths_outside_dataset. A metadata file is the dataset's author speaking;
 // it must not make t2i read (and train on, and write into checkpoints) files elsewhere.
 void check_inside_root(const std::string& path, const DatasetConfig& cfg, const DatasetIndex& index,
-                       const std::string& at) {
+                       const std::string& at, const char* what = "image") {
     if (cfg.allow_paths_outside_dataset) return;
     std::error_code ec;
     const fs::path real = fs::canonical(path, ec);
     if (ec || !within_dataset(real, index))
-        throw std::runtime_error(at + ": image '" + path + "' lies outside the dataset folder '" +
-                                 index.root + "'" +
+        throw std::runtime_error(at + ": " + what + " '" + path +
+                                 "' lies outside the dataset folder '" + index.root + "'" +
                                  (ec || real == fs::absolute(path).lexically_normal()
                                       ? ""
                                       : " (it resolves to '" + real.string() + "')") +
@@ -277,6 +277,9 @@ void index_sidecars(const std::string& dir, const std::vector<fs::path>& images,
 // Rows of a Parquet / Arrow dataset -> records. An Image feature whose bytes are null names a
 // file, read as datasets does (relative to the dataset folder here), inside the dataset root.
 void index_arrow(const ArrowFiles& files, const DatasetConfig& cfg, DatasetIndex* index) {
+    // A shard symlinked (or named by state.json) out of the folder is data from elsewhere.
+    for (const auto& shard : files.shards)
+        check_inside_root(shard, cfg, *index, "'" + shard + "'", "data file");
     ArrowIndex a        = read_arrow_dataset(files, cfg.image_column, cfg.caption_column);
     index->layout       = files.layout;
     index->columns      = a.columns;

@@ -41,6 +41,16 @@ ModelIndex read_model_index(const std::string& model_dir) {
     return parse_model_index(io::read_json(model_dir + "/model_index.json"), model_dir);
 }
 
+namespace {
+
+// A name that stays inside its folder: one path component, not "." or "..". Shard files and
+// component folders are such names; "../x" or "/etc/x" would read or write elsewhere.
+bool is_plain_name(const std::string& name) {
+    return !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..";
+}
+
+}  // namespace
+
 ModelIndex parse_model_index(const io::JsonConfig& raw, const std::string& model_dir) {
     ModelIndex index;
     index.raw        = raw;
@@ -54,6 +64,10 @@ ModelIndex parse_model_index(const io::JsonConfig& raw, const std::string& model
                                      "' is " + io::dump_json(value) +
                                      "; expected [library, class], e.g. [\"diffusers\", "
                                      "\"AutoencoderKL\"], or null");
+        if (!is_plain_name(key))  // components are folders beside model_index.json
+            throw std::runtime_error("'" + model_dir + "/model_index.json': component name " +
+                                     io::dump_json(nlohmann::json(key)) +
+                                     " is not a folder name inside the model folder");
         index.components[key] = {value[0].get<std::string>(), value[1].get<std::string>()};
     }
     return index;
@@ -122,7 +136,7 @@ std::vector<std::string> shards_from_index(const std::string& index_path) {
     for (const auto& [key, file] : map.items()) {
         // A shard is a file beside the index, never a path elsewhere ("../../x", "/etc/x").
         const std::string name = file.is_string() ? file.get<std::string>() : "";
-        if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        if (!is_plain_name(name))
             throw std::runtime_error("'" + index_path + "': weight_map entry '" + key + "' is " +
                                      io::dump_json(file) +
                                      ", expected the name of a file in the same folder");

@@ -198,8 +198,9 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds,
                       {"center_crop", c.center_crop},
                       {"random_flip", c.random_flip},
                       {"image_interpolation_mode", c.image_interpolation_mode}};
-    if (plan)
-        made_from["buckets"] = {{"min_bucket_reso", c.min_bucket_reso},
+    if (plan)  // --enable_bucket, or the one W x H bucket of --resolution W,H without it
+        made_from["buckets"] = {{"enable_bucket", c.enable_bucket},
+                                {"min_bucket_reso", c.min_bucket_reso},
                                 {"max_bucket_reso", c.max_bucket_reso},
                                 {"bucket_reso_steps", c.bucket_reso_steps},
                                 {"bucket_no_upscale", c.bucket_no_upscale}};
