@@ -66,7 +66,7 @@ void apply_lora_flag(const std::string& spec, bool fuse, models::UNet2DCondition
             scale = v;
         }
     }
-    if (io::dir_exists(path)) path += "/pytorch_lora_weights.safetensors";
+    if (io::dir_exists(path)) path += std::string("/") + models::kLoraWeightsName;
     if (!io::file_exists(path))
         throw UsageError("--lora " + spec + ": no file '" + path +
                          "' (give a .safetensors LoRA file or a t2i train-lora output folder)");
@@ -252,7 +252,7 @@ int generate_command(const std::vector<std::string>& args) {
         throw UsageError("--torch_dtype fp16 needs --device cuda; on the CPU use bf16 or fp32");
 
     // The model (pipeline/model_dir): a pipeline folder, or a checkpoint and --base_model.
-    if (io::file_exists(f.model + "/pytorch_lora_weights.safetensors") &&
+    if (io::file_exists(f.model + "/" + models::kLoraWeightsName) &&
         !io::file_exists(f.model + "/model_index.json"))
         throw UsageError("--model '" + f.model +
                          "' holds a LoRA (pytorch_lora_weights.safetensors), not a model: give the "

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "data/metadata_table.h"
 #include "util/log.h"
 
 namespace t2i::data {
@@ -93,13 +94,6 @@ ImageKind image_kind(const arrow::Field& f, const std::string& file) {
                              t.ToString() +
                              "; expected the datasets Image feature (struct<bytes: binary, path: "
                              "string>), binary image bytes, or a string path");
-}
-
-void check_column(const std::string& flag, const std::string& value,
-                  const std::vector<std::string>& columns, const std::string& file) {
-    if (std::find(columns.begin(), columns.end(), value) != columns.end()) return;
-    throw std::runtime_error(flag + " value '" + value + "' needs to be one of: " + join(columns) +
-                             " (the columns of '" + file + "')");
 }
 
 // The script's tokenize_captions: a str, or a list of str (one chosen per access).

@@ -76,8 +76,8 @@ bool arrow_enabled();
 // time: image bytes are not kept (Parquet) or stay in the memory-mapped file (Arrow IPC). The
 // image column holds the Image feature's struct {bytes, path}, binary bytes, or a string path;
 // the caption column a string or a list of strings. Throws naming the file, the column and the
-// row for: a missing column (the script's message, listing the columns there are), columns that
-// differ between shards, other types, null cells, unreadable files; without T2I_WITH_ARROW,
+// row for: a missing column in any shard (the script's message, listing the columns there are),
+// other types, null cells, unreadable files; without T2I_WITH_ARROW,
 // says how to rebuild.
 ArrowIndex read_arrow_dataset(const ArrowFiles& files, const std::string& image_column,
                               const std::string& caption_column);

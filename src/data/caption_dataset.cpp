@@ -103,13 +103,6 @@ std::vector<fs::path> list_files(const fs::path& dir, const DatasetConfig& cfg,
     return files;
 }
 
-void check_column(const std::string& flag, const std::string& value,
-                  const std::vector<std::string>& columns, const std::string& file) {
-    if (std::find(columns.begin(), columns.end(), value) != columns.end()) return;
-    throw std::runtime_error(flag + " value '" + value + "' needs to be one of: " + join(columns) +
-                             " (the columns of '" + file + "')");
-}
-
 std::string where(const Table& t, size_t r) {
     return "'" + t.file + "' record " + std::to_string(r);
 }
@@ -222,9 +215,6 @@ void index_record_files(const std::vector<fs::path>& files, const DatasetConfig&
     }
 }
 
-// kohya-ss: the first line of <stem>.txt or <stem>.caption; images without one get an empty
-// caption with a warning, as kohya does. UTF-16 files (with a byte-order mark) are converted;
-// other encodings are an error naming the file.
 // The repeat folder an image lies in: the first component of its path below `dir`.
 std::pair<int64_t, std::string> repeat_of(const fs::path& image, const std::string& dir) {
     const auto rel = image.lexically_normal().lexically_relative(fs::path(dir).lexically_normal());

@@ -124,7 +124,6 @@ struct Example {
 // metadata or caption file that is not UTF-8 or UTF-16 text; an empty dataset.
 DatasetIndex index_dataset(const DatasetConfig& config);
 
-struct DatasetIndex;
 // Says once how many of the index's captions are longer than the tokenizer's model_max_length
 // (the text encoder cuts them there, as the script does), the longest and the first.
 void warn_truncated_captions(const DatasetIndex& index, const tokenizer::CLIPTokenizer& tok,

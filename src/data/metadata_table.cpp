@@ -10,6 +10,7 @@
 
 #include "io/file_util.h"
 #include "io/text.h"
+#include "util/log.h"
 
 namespace t2i::data {
 
@@ -129,6 +130,13 @@ Table read_table(const std::string& file) {
         for (const auto& item : t.rows[r].items()) add_column(&t.columns, item.key());
     }
     return t;
+}
+
+void check_column(const std::string& flag, const std::string& value,
+                  const std::vector<std::string>& columns, const std::string& file) {
+    if (std::find(columns.begin(), columns.end(), value) != columns.end()) return;
+    throw std::runtime_error(flag + " value '" + value + "' needs to be one of: " + join(columns) +
+                             " (the columns of '" + file + "')");
 }
 
 }  // namespace t2i::data

@@ -25,4 +25,9 @@ Table read_table(const std::string& file);
 // Appends `name` to `columns` unless it is there (the order of first appearance).
 void add_column(std::vector<std::string>* columns, const std::string& name);
 
+// The script's error for a --image_column / --caption_column (`flag`) `value` that is not one
+// of `columns`, the columns of `file` (any layout: metadata, Parquet, Arrow).
+void check_column(const std::string& flag, const std::string& value,
+                  const std::vector<std::string>& columns, const std::string& file);
+
 }  // namespace t2i::data

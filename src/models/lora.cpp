@@ -34,11 +34,6 @@ bool is_lora_parameter(const std::string& name) {
 
 }  // namespace
 
-const std::vector<std::string>& lora_target_modules() {
-    static const std::vector<std::string> names{"to_k", "to_q", "to_v", "to_out.0"};
-    return names;
-}
-
 torch::OrderedDict<std::string, torch::Tensor> add_trainable_lora(UNet2DConditionModel& unet,
                                                                   int64_t rank,
                                                                   at::Generator& generator) {

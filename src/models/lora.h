@@ -2,7 +2,7 @@
 // examples/text_to_image/train_text_to_image_lora.py sets it up with PEFT: `LoraConfig(r=rank,
 // lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v",
 // "to_out.0"])`, i.e. W x + (alpha / r) * B A x with A ~ N(0, 1/r) and B = 0, the base weights
-// frozen. Also: LoRA files as deltas per module (read in models/weights.cpp: diffusers/PEFT and
+// frozen. Also: LoRA files as deltas per module (read in models/lora_file.cpp: diffusers/PEFT and
 // kohya layouts), applied to a model unfused (adapters, diffusers' default) or merged into the
 // weights (diffusers' fuse_lora).
 // Mirrors: peft/tuners/lora/layer.py (LoraLayer.update_layer, reset_lora_parameters, forward,
@@ -22,8 +22,9 @@
 
 namespace t2i::models {
 
-// PEFT's target_modules of the LoRA script, as module-name suffixes.
-const std::vector<std::string>& lora_target_modules();
+// The LoRA weights file of save_lora_weights (`t2i train-lora`'s output and checkpoints), and
+// what `generate --lora DIR` reads in DIR.
+inline constexpr const char* kLoraWeightsName = "pytorch_lora_weights.safetensors";
 
 // Adds one trainable LoRA of rank `rank` (lora_alpha = rank, so scale 1) to to_q, to_k, to_v and
 // to_out.0 of every attention of `unet`, in fp32 on the UNet's device: A ~ N(0, 1/rank) drawn
@@ -59,7 +60,7 @@ struct LoraModule {
     std::string key;           // the file's key of `down`, for messages
 };
 
-// A LoRA file read into modules (models/weights.h read_lora_file).
+// A LoRA file read into modules (read_lora_file below, in models/lora_file.cpp).
 struct LoraFile {
     std::string path;
     std::string format;  // "diffusers" (PEFT), "diffusers-attn-procs" or "kohya"

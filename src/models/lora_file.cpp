@@ -1,5 +1,5 @@
-// Implements: read_lora_file and to_kohya of models/lora.h: the key maps of the LoRA file
-// layouts. Mirrors: diffusers loaders/lora_pipeline.py (StableDiffusionLoraLoaderMixin.
+// Implements: read_lora_file, to_kohya and to_diffusers of models/lora.h: the key maps of the
+// LoRA file layouts. Mirrors: diffusers loaders/lora_pipeline.py (StableDiffusionLoraLoaderMixin.
 // lora_state_dict / load_lora_into_unet), loaders/lora_conversion_utils.py
 // (_convert_non_diffusers_lora_to_diffusers for kohya's SD 1.x / 2.x names) and
 // utils/state_dict_utils.py (convert_state_dict_to_kohya).
@@ -231,10 +231,6 @@ io::TensorMap to_kohya(const LoraFile& lora) {
     }
     return out;
 }
-
-}  // namespace t2i::models
-
-namespace t2i::models {
 
 io::TensorMap to_diffusers(const LoraFile& lora) {
     io::TensorMap out;

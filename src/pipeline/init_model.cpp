@@ -110,23 +110,6 @@ json text_config(const Preset& p, const tokenizer::CLIPTokenizer& tok) {
             {"torch_dtype", "float32"}};
 }
 
-// SD 1.5's scheduler_config.json (PNDM for inference; the DDPM training math reads the same keys).
-json scheduler_config() {
-    return {{"_class_name", "PNDMScheduler"},
-            {"_diffusers_version", "0.27.2"},
-            {"beta_end", 0.012},
-            {"beta_schedule", "scaled_linear"},
-            {"beta_start", 0.00085},
-            {"clip_sample", false},
-            {"num_train_timesteps", 1000},
-            {"prediction_type", "epsilon"},
-            {"set_alpha_to_one", false},
-            {"skip_prk_steps", true},
-            {"steps_offset", 1},
-            {"timestep_spacing", "leading"},
-            {"trained_betas", nullptr}};
-}
-
 // A CLIP tokenizer with the 256 byte symbols, their "</w>" forms and no merges: valid for any
 // text, tiny, and generated rather than shipped.
 void write_byte_tokenizer(const std::string& dir) {
@@ -167,6 +150,36 @@ void write_component(const std::string& dir, const json& config, const std::stri
 
 }  // namespace
 
+json sd_scheduler_config(bool sd2) {
+    return {{"_class_name", sd2 ? "DDIMScheduler" : "PNDMScheduler"},
+            {"_diffusers_version", "0.27.2"},
+            {"beta_end", 0.012},
+            {"beta_schedule", "scaled_linear"},
+            {"beta_start", 0.00085},
+            {"clip_sample", false},
+            {"num_train_timesteps", 1000},
+            {"prediction_type", sd2 ? "v_prediction" : "epsilon"},
+            {"set_alpha_to_one", false},
+            {"skip_prk_steps", true},
+            {"steps_offset", 1},
+            {"timestep_spacing", "leading"},
+            {"trained_betas", nullptr}};
+}
+
+json sd_model_index(const std::string& scheduler_class) {
+    return {{"_class_name", "StableDiffusionPipeline"},
+            {"_diffusers_version", "0.27.2"},
+            {"feature_extractor", {nullptr, nullptr}},
+            {"image_encoder", {nullptr, nullptr}},
+            {"requires_safety_checker", false},
+            {"safety_checker", {nullptr, nullptr}},
+            {"scheduler", {"diffusers", scheduler_class}},
+            {"text_encoder", {"transformers", "CLIPTextModel"}},
+            {"tokenizer", {"transformers", "CLIPTokenizer"}},
+            {"unet", {"diffusers", "UNet2DConditionModel"}},
+            {"vae", {"diffusers", "AutoencoderKL"}}};
+}
+
 const std::vector<std::string>& init_model_presets() {
     static const std::vector<std::string> kPresets{"tiny", "small", "sd15"};
     return kPresets;
@@ -196,7 +209,7 @@ void init_model(const std::string& output_dir, const std::string& preset,
     const auto tok = tokenizer::CLIPTokenizer::from_pretrained(tmp + "/tokenizer");
     fs::create_directories(tmp + "/scheduler");
     io::write_text_atomic(tmp + "/scheduler/scheduler_config.json",
-                          scheduler_config().dump(2) + "\n");
+                          sd_scheduler_config(false).dump(2) + "\n");
     write_component<models::CLIPTextModel, models::CLIPTextConfig>(
         tmp + "/text_encoder", text_config(p, tok), "model.safetensors");
     write_component<models::AutoencoderKL, models::AutoencoderKLConfig>(
@@ -206,17 +219,7 @@ void init_model(const std::string& output_dir, const std::string& preset,
     for (const char* c : {"scheduler", "tokenizer", "text_encoder", "vae", "unet"})
         move_dir_into_place(tmp + "/" + c, output_dir + "/" + c);
     fs::remove_all(tmp);
-    const json index{{"_class_name", "StableDiffusionPipeline"},
-                     {"_diffusers_version", "0.27.2"},
-                     {"feature_extractor", {nullptr, nullptr}},
-                     {"requires_safety_checker", false},
-                     {"safety_checker", {nullptr, nullptr}},
-                     {"image_encoder", {nullptr, nullptr}},
-                     {"scheduler", {"diffusers", "PNDMScheduler"}},
-                     {"text_encoder", {"transformers", "CLIPTextModel"}},
-                     {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                     {"unet", {"diffusers", "UNet2DConditionModel"}},
-                     {"vae", {"diffusers", "AutoencoderKL"}}};
+    const json index = sd_model_index("PNDMScheduler");
     io::write_text_atomic(output_dir + "/model_index.json", index.dump(2) + "\n");
 }
 

@@ -2,6 +2,7 @@
 // layout from a named built-in config, for training from scratch and for the README's demo.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,12 @@ namespace t2i::pipeline {
 // benchmark configs),
 // "sd15" (Stable Diffusion 1.5's architecture, 1.07 B).
 const std::vector<std::string>& init_model_presets();
+
+// The scheduler_config.json of stable-diffusion-v1-5 (PNDM, epsilon) or, sd2, of
+// stable-diffusion-2-1 (DDIM, v_prediction); the training math reads the same keys.
+nlohmann::json sd_scheduler_config(bool sd2);
+// A StableDiffusionPipeline model_index.json with the given scheduler class.
+nlohmann::json sd_model_index(const std::string& scheduler_class);
 
 // Writes DIR/{model_index.json, scheduler/, tokenizer/, text_encoder/, vae/, unet/}.
 // `tokenizer_dir` empty: a byte-level CLIP tokenizer (512 byte symbols, no merges) is generated;

@@ -13,7 +13,6 @@
 #pragma once
 
 #include <memory>
-#include <set>
 #include <string>
 
 #include "io/safetensors.h"
@@ -58,7 +57,6 @@ class SingleFile {
     const std::string& path() const { return path_; }
     const std::string& config_dir() const { return config_dir_; }
     const SingleFileConfigs& configs() const { return configs_; }
-    const io::SafetensorsFile& file() const { return *file_; }
 
     // Each built from its config, weights copied from the file (strict: every parameter filled,
     // every mapped tensor used, shapes equal).

@@ -3,9 +3,9 @@
 // Mirrors: diffusers loaders/single_file_utils.py infer_diffusers_model_type (SD 2.x = the
 // OpenCLIP text encoder) and create_*_diffusers_config_from_ldm, which read the same values
 // from the LDM yaml; here they come from the weights, as the yaml is not shipped with the file.
-#include <set>
 #include <stdexcept>
 
+#include "pipeline/init_model.h"
 #include "pipeline/single_file.h"
 
 namespace t2i::pipeline {
@@ -202,39 +202,6 @@ json infer_text_encoder(const Shapes& s, bool open_clip) {
     };
 }
 
-// The scheduler configs of stable-diffusion-v1-5 (PNDM, epsilon) and stable-diffusion-2-1
-// (DDIM, v_prediction).
-json default_scheduler(bool sd2) {
-    json j = {{"_class_name", sd2 ? "DDIMScheduler" : "PNDMScheduler"},
-              {"_diffusers_version", "0.27.2"},
-              {"beta_end", 0.012},
-              {"beta_schedule", "scaled_linear"},
-              {"beta_start", 0.00085},
-              {"clip_sample", false},
-              {"num_train_timesteps", 1000},
-              {"prediction_type", sd2 ? "v_prediction" : "epsilon"},
-              {"set_alpha_to_one", false},
-              {"skip_prk_steps", true},
-              {"steps_offset", 1},
-              {"timestep_spacing", "leading"},
-              {"trained_betas", nullptr}};
-    return j;
-}
-
-json default_model_index(const std::string& scheduler_class) {
-    return {{"_class_name", "StableDiffusionPipeline"},
-            {"_diffusers_version", "0.27.2"},
-            {"feature_extractor", {nullptr, nullptr}},
-            {"image_encoder", {nullptr, nullptr}},
-            {"requires_safety_checker", false},
-            {"safety_checker", {nullptr, nullptr}},
-            {"scheduler", {"diffusers", scheduler_class}},
-            {"text_encoder", {"transformers", "CLIPTextModel"}},
-            {"tokenizer", {"transformers", "CLIPTokenizer"}},
-            {"unet", {"diffusers", "UNet2DConditionModel"}},
-            {"vae", {"diffusers", "AutoencoderKL"}}};
-}
-
 }  // namespace
 
 SingleFileConfigs infer_single_file_configs(const io::SafetensorsFile& file) {
@@ -255,8 +222,8 @@ SingleFileConfigs infer_single_file_configs(const io::SafetensorsFile& file) {
     c.unet         = infer_unet(s, c.open_clip);
     c.vae          = infer_vae(s, c.open_clip);
     c.text_encoder = infer_text_encoder(s, c.open_clip);
-    c.scheduler    = default_scheduler(c.open_clip);
-    c.model_index  = default_model_index(c.scheduler["_class_name"]);
+    c.scheduler    = sd_scheduler_config(c.open_clip);
+    c.model_index  = sd_model_index(c.scheduler["_class_name"]);
     return c;
 }
 

@@ -22,6 +22,7 @@
 #include "data/loader.h"
 #include "io/output_folder.h"
 #include "io/safetensors.h"
+#include "models/lora.h"
 #include "models/unet.h"
 #include "models/weights.h"
 #include "training/ema.h"
@@ -58,8 +59,7 @@ std::string save_checkpoint(io::OutputFolder& out, const models::UNet2DCondition
                             const at::Generator& generator, const TrainerState& state,
                             std::optional<int64_t> total_limit, bool lora = false);
 
-// The LoRA weights file of `t2i train-lora`'s checkpoints and output, as the LoRA script names it.
-inline constexpr const char* kLoraWeightsName = "pytorch_lora_weights.safetensors";
+using models::kLoraWeightsName;  // models/lora.h
 
 // Deletes the oldest checkpoint-N folders t2i wrote in `out` until `keep` remain.
 void prune_checkpoints(io::OutputFolder& out, int64_t keep);
