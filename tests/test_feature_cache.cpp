@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "data/caption_dataset.h"
 #include "data/loader.h"
@@ -27,6 +28,8 @@ namespace {
 
 using testing::fixture;
 using testing::TempDir;
+
+namespace fs = std::filesystem;
 
 training::TrainConfig cache_config(const TempDir& dir, const std::string& data) {
     auto c                       = testing::tiny_train_config(dir, data);
@@ -190,6 +193,36 @@ TEST(FeatureCache, TrainingWithTheCachesGivesTheWeightsOfTrainingWithout) {
         changed += (v - base.at(k)).abs().max().item<double>();
     }
     EXPECT_GT(changed, 0);  // the runs trained
+}
+
+// kohya's repeat folders list an image N times: its latents are encoded once and every copy
+// holds the same rows.
+TEST(FeatureCache, AnImageRepeatedByItsFolderIsEncodedOnce) {
+    TempDir dir;
+    const std::string data = dir.file("data"), folder = data + "/3_shapes";
+    fs::create_directories(folder);
+    torch::manual_seed(4);
+    for (const char* stem : {"a", "b"}) {
+        io::write_png(folder + "/" + stem + ".png",
+                      torch::randint(0, 256, {64, 64, 3}, torch::kUInt8));
+        std::ofstream(folder + "/" + stem + ".txt") << "a picture " << stem;
+    }
+    auto c                       = cache_config(dir, data);
+    c.cache_text_encoder_outputs = false;
+    CacheSetup s(c);
+    ASSERT_EQ(s.dataset.size(), 6);  // 2 images x 3 repeats
+    const auto cache = s.build();
+    EXPECT_EQ(cache.latents_encoded, 2);
+    EXPECT_EQ(cache.latents_reused, 4);
+    for (int64_t i = 0; i < 6; ++i)
+        for (int64_t j = 0; j < 6; ++j) {
+            const bool same_image =
+                s.dataset.record(i).image_path == s.dataset.record(j).image_path;
+            EXPECT_EQ(torch::equal(cache.latent_mean.narrow(0, 2 * i, 2),
+                                   cache.latent_mean.narrow(0, 2 * j, 2)),
+                      same_image)
+                << i << " " << j;
+        }
 }
 
 TEST(FeatureCache, ADiskCacheIsReusedAndAChangedImageOrFlagIsEncodedAgain) {

@@ -195,15 +195,16 @@ BucketPlan plan_buckets(const CaptionDataset& dataset, const BucketConfig& confi
         } catch (const std::exception& e) {
             if (!skip_bad_samples)
                 throw std::runtime_error(std::string(e.what()) +
-                                         " (--enable_bucket reads every image's size before "
-                                         "training; --skip_bad_samples leaves such images out)");
+                                         " (--enable_bucket and --resolution W,H read every "
+                                         "image's size before training; --skip_bad_samples "
+                                         "leaves such images out)");
             log_warn("skipping bad sample: %s", e.what());
             ++left_out;
         }
     }
     BucketPlan plan(sizes, config);
     if (plan.images() == 0)
-        throw std::runtime_error("--enable_bucket: no image of dataset '" + dataset.source() +
+        throw std::runtime_error("buckets: no image of dataset '" + dataset.source() +
                                  "' could be read");
     log_info("aspect-ratio buckets (images): %s%s", plan.summary().c_str(),
              left_out ? strformat("; %lld unreadable left out", (long long)left_out).c_str() : "");

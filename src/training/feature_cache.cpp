@@ -205,8 +205,9 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds,
                                 {"bucket_reso_steps", c.bucket_reso_steps},
                                 {"bucket_no_upscale", c.bucket_no_upscale}};
     const std::string file = out ? out->file(std::string("cache/") + kLatentFile) : "";
-    // Rows of an earlier file that can be reused: by image stamp.
-    const auto old_rows =
+    // Rows that can be reused, by image stamp: an earlier file's, and (below) this run's, so an
+    // image listed N times (kohya's N_name folders) is encoded once.
+    auto old_rows =
         c.cache_latents_to_disk ? read_old_latents(file, made_from, flips) : LatentRows{};
     if (plan) set_bucket_rows(*plan, cache);
     // Image i's rows: row i of the square cache, or its row in its bucket's tensors.
@@ -261,6 +262,7 @@ void build_latents(const TrainConfig& c, const data::CaptionDataset& ds,
                 mean  = dist.mean.to(torch::kCPU).contiguous();
                 stdev = dist.std.to(torch::kCPU).contiguous();
                 ++cache->latents_encoded;
+                old_rows.emplace(stamps.back().dump(), std::make_pair(mean, stdev));
             }
         }
         if (mean.defined()) {
