@@ -362,10 +362,10 @@ void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
         move_dir_into_place(tmp, out.file("vae"));
     }
     for (const auto& [name, lib_cls] : base.index.components) {
-        if (name == "unet" || name == "scheduler" || (vae && name == "vae") ||
+        if ((name == "unet" && !unet.is_empty()) || name == "scheduler" || (vae && name == "vae") ||
             !io::dir_exists(base.component(name)))
             continue;
-        const bool has_weights = name == "vae" || name == "text_encoder";
+        const bool has_weights = name == "vae" || name == "text_encoder" || name == "unet";
         out.claim(name);
         copy_component(base.component(name), out.file(name), has_weights ? variant : "");
     }
@@ -375,16 +375,18 @@ void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
     io::write_text_atomic(sched_tmp + "/scheduler_config.json",
                           io::dump_json(scheduler_config, 2) + "\n");
     move_dir_into_place(sched_tmp, out.file("scheduler"));
-    out.claim("unet");
-    const std::string unet_tmp = out.file("unet.tmp-" + pid);
-    try {
-        save_unet_folder(unet_tmp, *unet, unet->config.raw);
-    } catch (...) {
-        std::error_code ec;
-        fs::remove_all(unet_tmp, ec);
-        throw;
+    if (!unet.is_empty()) {
+        out.claim("unet");
+        const std::string unet_tmp = out.file("unet.tmp-" + pid);
+        try {
+            save_unet_folder(unet_tmp, *unet, unet->config.raw);
+        } catch (...) {
+            std::error_code ec;
+            fs::remove_all(unet_tmp, ec);
+            throw;
+        }
+        move_dir_into_place(unet_tmp, out.file("unet"));
     }
-    move_dir_into_place(unet_tmp, out.file("unet"));
     // model_index.json last: its presence means the folder is complete.
     out.claim("model_index.json");
     io::write_text_atomic(out.file("model_index.json"),

@@ -122,7 +122,8 @@ void save_unet_folder(const std::string& dir, const torch::nn::Module& unet,
 // it, the tokenizer copied from its --config folder) (the `variant` weights under the plain names),
 // each under a temporary name renamed into place, model_index.json (base's) last: its presence
 // means the folder is complete. Only entries `out` lets t2i write are replaced.
-// `vae`: a trained VAE written instead of base's (t2i train-vae).
+// `vae`: a trained VAE written instead of base's (t2i train-vae); `unet` empty
+// (UNet2DConditionModel{nullptr}): base's UNet folder copied unchanged, in its stored dtype.
 void save_pipeline_folder(io::OutputFolder& out, const ModelFolder& base,
                           const models::UNet2DConditionModel& unet,
                           const nlohmann::json& scheduler_config, const std::string& variant,

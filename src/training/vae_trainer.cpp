@@ -120,7 +120,9 @@ void train_vae(const VaeTrainConfig& c) {
     vae->config.scaling_factor        = scaling;
     vae->config.raw["scaling_factor"] = scaling;
     log_info("train-vae: scaling_factor %.5f (1 / std of the latents)", scaling);
-    auto unet = base.load_unet(pipeline::LoadOptions{});
+    // The UNet as it is: its folder copied; a single file's, written from the file.
+    const auto unet = base.single_file ? base.load_unet(pipeline::LoadOptions{})
+                                       : models::UNet2DConditionModel{nullptr};
     pipeline::save_pipeline_folder(*out, base, unet, base.scheduler_config().json(), "", &vae);
     log_info("saved the model with the trained VAE to %s", c.output_dir.c_str());
 }
