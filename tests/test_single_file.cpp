@@ -302,6 +302,14 @@ TEST(SingleFile, ConvertCommandBothWays) {
     EXPECT_EQ(r.code, 1) << r.out;
     EXPECT_NE(r.out.find("carries no tokenizer"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(dir.file("none/unet")));
+    // A --dump_path holding a folder of the user's (here tokenizer/) is refused before anything
+    // is written there.
+    fs::create_directories(dir.file("users/tokenizer"));
+    r = testing::run_t2i({"convert", "--checkpoint_path", fp32, "--dump_path", dir.file("users"),
+                          "--config", fixture("tiny-sd1")});
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("'tokenizer', which t2i did not write"), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(dir.file("users/vae")));
     r = testing::run_t2i({"convert", "--checkpoint_path", fp32, "--dump_path", dir.file("back"),
                           "--config", fixture("tiny-sd1")});
     ASSERT_EQ(r.code, 0) << r.out;

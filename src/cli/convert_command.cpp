@@ -7,6 +7,7 @@
 // configs, tokenizer and scheduler from --config instead of the Hub).
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -82,6 +83,17 @@ void single_file_to_folder(const ConvertFlags& f) {
     if (!f.config.empty() && io::dir_exists(f.dump_path) && fs::equivalent(f.dump_path, f.config))
         throw UsageError("--dump_path is the --config folder; write the new model elsewhere");
     io::OutputFolder out(f.dump_path);
+    // Every entry it will write, before any is: a folder of the user's there fails now, not
+    // after the others were written.
+    std::set<std::string> names{"model_index.json"};
+    for (const auto& [name, lib_cls] : model.index.components) names.insert(name);
+    try {
+        out.check_not_foreign(names,
+                              "t2i never replaces files it did not write: choose a new "
+                              "--dump_path");
+    } catch (const std::runtime_error& e) {
+        throw UsageError(e.what());
+    }
     const auto unet = model.load_unet(pipeline::LoadOptions{});
     pipeline::save_pipeline_folder(out, model, unet, model.scheduler_config().json(), "");
     std::printf("%s\n", f.dump_path.c_str());
